@@ -1,0 +1,1 @@
+"""The ``seesr`` command line: one entry point, one module per subcommand."""

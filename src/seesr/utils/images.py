@@ -1,0 +1,225 @@
+"""Robust image reading and atomic writing shared by every command.
+
+Reading normalises what users actually have on disk (EXIF rotation, 16-bit PNG/TIFF, CMYK JPEG, palette,
+grayscale, alpha) into an 8-bit RGB :class:`PIL.Image.Image` plus an optional 8-bit alpha plane, and turns
+every failure into an :class:`ImageReadError` with a one-line message naming the file.
+Writing goes to a temporary file in the destination folder and is renamed into place, so an interrupted run
+never leaves a partial image behind, and it refuses to overwrite the input it was computed from.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000
+
+
+class ImageReadError(ValueError):
+    """An input file that cannot be used as an image; the message is meant for the user."""
+
+
+@dataclass
+class LoadedImage:
+    """An input image normalised to 8-bit RGB; ``alpha`` is an 8-bit "L" image or None."""
+
+    path: Path | None
+    rgb: Image.Image
+    alpha: Image.Image | None = None
+    source_mode: str = "RGB"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Convert 16/32-bit integer or float single-channel images to 8-bit "L" by scaling, not clipping."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return Image.fromarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        finite = array[np.isfinite(array)]
+        high = float(finite.max()) if finite.size else 1.0
+        scale = 255.0 if high <= 1.0 else 255.0 / max(high, 1e-12)
+        return Image.fromarray(np.clip(np.nan_to_num(array) * scale + 0.5, 0, 255).astype(np.uint8))
+    high = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+    return Image.fromarray(np.clip(array.astype(np.float64) * 255.0 / high + 0.5, 0, 255).astype(np.uint8))
+
+
+def _read_16bit_png_rgb(path: Path) -> Image.Image | None:
+    """Pillow opens 16-bit RGB(A) PNGs as 8-bit by dropping low bits on some versions; OpenCV reads them exactly."""
+    try:
+        import cv2  # optional dependency (train extra)
+    except ImportError:
+        return None
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3:
+        return None
+    data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return Image.fromarray((data.astype(np.float64) / 257.0 + 0.5).astype(np.uint8))
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
+) -> LoadedImage:
+    """Open ``source`` and return it as 8-bit RGB (+ alpha); raise :class:`ImageReadError` with a clear message."""
+    path = None if isinstance(source, Image.Image) else Path(source)
+    label = str(path) if path is not None else "<image>"
+    if path is not None:
+        if not path.exists():
+            raise ImageReadError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageReadError(f"{label}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{label}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = source if isinstance(source, Image.Image) else Image.open(path)
+            width, height = image.size
+            if width == 0 or height == 0:
+                raise ImageReadError(f"{label}: image has zero size ({width}x{height})")
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageReadError(
+                    f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    "(raise it with --max-input-pixels)"
+                )
+            image.load()  # decode now so truncated/corrupt data fails here, not later
+            image = ImageOps.exif_transpose(image)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"{label}: image too large to open safely ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{label}: cannot read image ({error})") from None
+
+    source_mode = image.mode
+    alpha = None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        rgb = _to_8bit(image).convert("RGB")
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        rgb = rgba.convert("RGB")
+        if alpha.getextrema() == (255, 255):
+            alpha = None  # fully opaque: no need to carry it
+    elif image.mode == "CMYK":
+        rgb = image.convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    if path is not None and path.suffix.lower() == ".png" and source_mode in ("RGB", "RGBA"):
+        exact = _read_16bit_png_rgb(path)
+        if exact is not None:
+            rgb = exact.convert("RGB")
+    return LoadedImage(path=path, rgb=rgb, alpha=alpha, source_mode=source_mode)
+
+
+def iter_image_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (non-recursive, sorted) and glob patterns; return (files, problems)."""
+    import glob
+
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        item = str(item)
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                problems.append(f"{item}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            if not matches:
+                problems.append(f"{item}: pattern matched no files")
+            files.extend(matches)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for file in files:
+        key = file.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(file)
+    return unique, problems
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_image_atomic(
+    image: Image.Image,
+    destination: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    protected: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Write ``image`` to ``destination`` through a temporary file + rename.
+
+    ``metadata`` becomes PNG text chunks. ``protected`` lists input paths that must never be overwritten:
+    writing onto one of them raises ``FileExistsError``.
+    """
+    destination = Path(destination)
+    for path in protected:
+        if _same_file(Path(path), destination) or Path(path).resolve() == destination.resolve():
+            raise FileExistsError(f"{destination}: refusing to overwrite the input image")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    suffix = destination.suffix.lower() or ".png"
+    file_format = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        suffix, "PNG"
+    )
+    save_kwargs: dict = {}
+    if file_format == "PNG" and metadata:
+        info = PngImagePlugin.PngInfo()
+        for key, value in metadata.items():
+            info.add_itxt(str(key), str(value))
+        save_kwargs["pnginfo"] = info
+    if file_format == "JPEG":
+        save_kwargs["quality"] = 95
+        if image.mode == "RGBA":
+            image = image.convert("RGB")
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".part", dir=destination.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format=file_format, **save_kwargs)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, destination)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return destination
+
+
+def write_text_atomic(text: str, destination: str | os.PathLike) -> Path:
+    """Write a text file atomically (temporary file + rename)."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, destination)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return destination
