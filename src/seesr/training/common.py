@@ -1,0 +1,270 @@
+"""Pieces both training stages share: accelerator set-up, optimiser and schedule, deterministic sampling and
+randomness, checkpoint discovery and pruning, and the per-run record.
+
+Determinism contract (what makes ``--resume`` reproduce an uninterrupted run step for step):
+
+* the shuffle order of epoch ``e`` depends only on ``(seed, e)`` (:class:`EpochShuffleSampler`);
+* every random draw of optimisation step ``s`` on process ``r`` (noise, timesteps, prompt dropout, on-the-fly
+  degradation) comes from :func:`step_generator` ``(seed, s, r)``, never from a running global stream;
+* the global RNGs (dropout, drop-path inside the models) are saved and restored by ``accelerator.save_state``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+from seesr.training.config import ConfigError, LoggingConfig, OptimizerConfig, TrainLoopConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+class TrainingError(RuntimeError):
+    """A training run cannot proceed for a reason the user can fix (missing files, missing optional packages)."""
+
+
+@dataclass
+class TrainResult:
+    """What ``main(config)`` returns.
+
+    Attributes:
+        output_dir: the run folder (checkpoints, logs, final model).
+        global_step: optimisation steps completed, including those before a resume.
+        losses: ``{step: loss}`` for the steps run by *this* call (mean over processes and accumulation).
+        final_model_dir: the exported model folder (None when the run was interrupted before the end).
+    """
+
+    output_dir: Path
+    global_step: int
+    losses: dict[int, float] = field(default_factory=dict)
+    final_model_dir: Path | None = None
+
+
+class StepCounter:
+    """The global step, saved and restored with ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``range(length)`` with a permutation that depends only on ``(seed, epoch)``.
+
+    Call :meth:`set_epoch` before iterating each epoch. ``shuffle=False`` yields the natural order (what the
+    official DataLoaders did).
+    """
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+def step_seed(seed: int, step: int, process_index: int) -> int:
+    """A 63-bit seed unique to (run seed, optimisation step, process)."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + process_index * 0xC2B2AE3D) % (2**63 - 1)
+
+
+def step_generator(seed: int, step: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` for every random draw of one optimisation step."""
+    return torch.Generator(device=device).manual_seed(step_seed(seed, step, process_index))
+
+
+def build_accelerator(
+    train: TrainLoopConfig, logging_config: LoggingConfig, find_unused_parameters: bool = False
+) -> Any:
+    """An :class:`accelerate.Accelerator` for the run (mixed precision, accumulation, tracker, project folder).
+
+    The tracker is TensorBoard when requested and installed; otherwise a warning is logged and no tracker is used
+    (accelerate's default).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    output_dir = Path(train.output_dir)
+    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / logging_config.logging_dir))
+    log_with = resolve_tracker(logging_config.report_to)
+    if train.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        mixed_precision=train.mixed_precision,
+        log_with=log_with,
+        project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+
+
+def resolve_tracker(report_to: str) -> str | None:
+    """The accelerate tracker name to use, or None ("none", or the requested tracker's package is missing)."""
+    if report_to in ("", "none", None):
+        return None
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            try:
+                import tensorboardX  # noqa: F401
+            except ImportError:
+                logger.warning("tensorboard is not installed (pip install 'seesr[train]'); logging to the console only")
+                return None
+    return report_to
+
+
+def trainable_parameters(modules: Iterable[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    """Parameters with ``requires_grad`` of ``modules``, each once, in module order."""
+    seen: set[int] = set()
+    params = []
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                params.append(param)
+    return params
+
+
+def build_optimizer(params: list[torch.nn.Parameter], optim: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes' AdamW8bit when ``optim.use_8bit_adam``) over ``params``."""
+    if not params:
+        raise TrainingError("nothing to train: no parameter has requires_grad=True")
+    kwargs = dict(
+        lr=lr, betas=(optim.adam_beta1, optim.adam_beta2), weight_decay=optim.weight_decay, eps=optim.adam_epsilon
+    )
+    if optim.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError(
+                "optim.use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or set optim.use_8bit_adam=false)"
+            ) from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimizerConfig, max_train_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule, stepped once per optimisation step.
+
+    ``multistep`` reproduces BasicSR's ``MultiStepLR`` with linear warm-up (stage 1): the factor is
+    ``min(1, (s + 1) / warmup) · gamma ** #(milestones <= s)``. The others are diffusers' schedules (stage 2's
+    official ``constant`` ignores ``lr_warmup_steps``).
+    """
+    if optim.lr_scheduler == "multistep":
+        milestones = sorted(optim.lr_milestones)
+        warmup = optim.lr_warmup_steps
+        gamma = optim.lr_gamma
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+            return warm * gamma ** sum(1 for milestone in milestones if milestone <= step)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        optim.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=optim.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+    )
+
+
+def effective_learning_rate(optim: OptimizerConfig, train: TrainLoopConfig, num_processes: int) -> float:
+    if optim.scale_lr:
+        return optim.learning_rate * train.train_batch_size * train.gradient_accumulation_steps * num_processes
+    return optim.learning_rate
+
+
+def resolve_max_train_steps(train: TrainLoopConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """``(max_train_steps, num_epochs)`` from the config and the per-process number of batches per epoch."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.gradient_accumulation_steps))
+    max_steps = train.max_train_steps or train.num_train_epochs * steps_per_epoch
+    return max_steps, math.ceil(max_steps / steps_per_epoch)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-<step>`` folders of a run, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint folder to resume from: ``None``, ``"latest"`` (None if the run has none yet) or a path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
+            return None
+        return checkpoints[-1]
+    path = Path(resume)
+    if not path.is_dir():
+        path = Path(output_dir) / resume
+    if not path.is_dir():
+        raise ConfigError(f"train.resume_from_checkpoint: {resume} is not a checkpoint folder")
+    return path
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
+    """Delete the oldest ``checkpoint-*`` folders so that at most ``keep`` remain (``None`` keeps everything)."""
+    if keep is None:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    for path in checkpoints[: max(0, len(checkpoints) - keep)]:
+        logger.info("removing old checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _CHECKPOINT_RE.match(path.name)
+    if match is None:
+        raise ConfigError(f"{path}: a checkpoint folder must be named {CHECKPOINT_PREFIX}<step>")
+    return int(match.group(1))
+
+
+def weight_dtype_for(mixed_precision: str) -> torch.dtype:
+    """Storage dtype of the frozen modules under the run's mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="steps", disable=not enabled, dynamic_ncols=True)

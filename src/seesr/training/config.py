@@ -1,0 +1,438 @@
+"""Typed training configurations (YAML -> dataclasses) for both SeeSR training stages.
+
+Resolution order of every value: dataclass default  <-  YAML file (``--config``)  <-  ``--set a.b=c`` overrides.
+The dataclass defaults reproduce the official hyper-parameters (REFERENCE.md §4.4 for stage 2, §5.3 for stage 1);
+where the official scripts contradict the paper the choice is stated next to the field.
+
+Every run writes its resolved configuration (``config.yaml``) and the package versions (``versions.json``) into its
+output folder, next to the checkpoints (:func:`write_run_record`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DAPELossConfig",
+    "DAPEModelConfig",
+    "LoggingConfig",
+    "OptimizerConfig",
+    "SeeSRModelConfig",
+    "TrainDAPEConfig",
+    "TrainLoopConfig",
+    "TrainSeeSRConfig",
+    "ValidationConfig",
+    "apply_overrides",
+    "config_to_dict",
+    "default_config_path",
+    "load_config",
+    "write_run_record",
+]
+
+MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
+DATA_MODES = ("prepared", "online")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "multistep")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key the user got wrong; the message names the offending key."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections shared by both stages
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where training pairs come from.
+
+    ``mode: prepared`` reads ``seesr prepare`` folders (``gt/``, ``lr/`` or ``sr_bicubic/``, ``tag/``), pairing
+    files by stem (the official code paired three unsorted globs by position, REFERENCE.md §7 #24).
+    ``mode: online`` reads HR images from ``root_folders`` (any image files) and degrades every batch on the fly
+    with the second-order Real-ESRGAN pipeline (``degradation`` preset, ×``scale``).
+    """
+
+    root_folders: list[str] = field(default_factory=list)
+    mode: str = "prepared"
+    resolution: int = 512  # GT size in pixels; must be a multiple of 8
+    degradation: str = "seesr"  # online mode: name of a DegradationConfig preset (SEESR / REALESRGAN)
+    scale: int = 4  # online mode: super-resolution factor
+    shuffle: bool = True  # official: shuffle=False (REFERENCE.md §7 #28); we shuffle, set false to reproduce
+    num_workers: int = 0  # official default 0
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule."""
+
+    learning_rate: float = 5e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit; imported only when true
+    max_grad_norm: float = 1.0  # gradient clipping over the trainable parameters; 0 disables
+    scale_lr: bool = False  # multiply the learning rate by batch size × accumulation × processes
+    lr_scheduler: str = "constant"  # one of LR_SCHEDULERS
+    lr_warmup_steps: int = 500  # official value; "constant" ignores it exactly as the official script did
+    lr_milestones: list[int] = field(default_factory=list)  # "multistep" only
+    lr_gamma: float = 0.5  # "multistep" only
+
+
+@dataclass
+class TrainLoopConfig:
+    """Loop, precision, checkpointing and resume."""
+
+    output_dir: str = "seesr-out/train-seesr"
+    seed: int = 42
+    train_batch_size: int = 2  # per device
+    gradient_accumulation_steps: int = 2
+    max_train_steps: int | None = None  # optimisation steps; None: num_train_epochs × steps per epoch
+    num_train_epochs: int = 1000
+    mixed_precision: str = "fp16"  # "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    allow_tf32: bool = False
+    checkpointing_steps: int = 10000  # official intent (the script's 10000 was lost, §7 #27)
+    checkpoints_total_limit: int | None = None  # keep at most this many checkpoint-* folders (None: keep all)
+    resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
+
+
+@dataclass
+class LoggingConfig:
+    report_to: str = "tensorboard"  # accelerate tracker name ("tensorboard", "wandb", ...) or "none"
+    logging_dir: str = "logs"  # relative to output_dir
+    log_every: int = 1  # log scalars every N optimisation steps
+    progress_bar: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: SeeSR (ControlNet + RCA)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeeSRModelConfig:
+    """The models stage 2 starts from (REFERENCE.md §4.1)."""
+
+    pretrained_model_name_or_path: str = ""  # SD-2-base folder: unet/, vae/, text_encoder/, tokenizer/, scheduler/
+    ram_model_path: str = ""  # ram_swin_large_14m.pth (or a folder load_tagger accepts)
+    dape_model_path: str | None = None  # DAPE.pth from stage 1; plain RAM when omitted (as the official script)
+    ram_config_dir: str | None = None  # RAM config folder (configs/swin, q2l, med); None: the full-size defaults
+    unet_model_name_or_path: str | None = None  # continue from a trained SeeSR unet/ folder
+    controlnet_model_name_or_path: str | None = None  # continue from a trained SeeSR controlnet/ folder
+    null_text_ratio: float = 0.5  # probability of replacing the tag prompt by "" (DAPE embeddings are kept)
+    keep_frozen_unet_fp32: bool = True  # official: frozen UNet weights stay fp32; false casts them to the AMP dtype
+
+
+@dataclass
+class ValidationConfig:
+    """Validation images rendered through :class:`seesr.pipeline.pipeline_seesr.SeeSRPipeline` every ``steps``."""
+
+    steps: int | None = None  # None or 0: never (the official validation was disabled)
+    images: list[str] = field(default_factory=list)  # LR images
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.5
+    seed: int = 42
+
+
+@dataclass
+class TrainSeeSRConfig:
+    """``seesr train seesr``: frozen SD-2 UNet/VAE/text encoder/DAPE; trainable ControlNet and RCA layers."""
+
+    model: SeeSRModelConfig = field(default_factory=SeeSRModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        _validate_common(self.data, self.optim, self.train, self.logging)
+        if not self.model.pretrained_model_name_or_path:
+            raise ConfigError("model.pretrained_model_name_or_path is required (the SD-2-base folder)")
+        if not self.model.ram_model_path:
+            raise ConfigError("model.ram_model_path is required (ram_swin_large_14m.pth)")
+        if not 0.0 <= self.model.null_text_ratio <= 1.0:
+            raise ConfigError(f"model.null_text_ratio must be in [0, 1], got {self.model.null_text_ratio}")
+        if self.validation.steps and not self.validation.images:
+            raise ConfigError("validation.steps is set but validation.images is empty")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1: DAPE (RAM + LoRA)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DAPEModelConfig:
+    ram_model_path: str = ""  # ram_swin_large_14m.pth: both the frozen teacher and the student's base weights
+    ram_config_dir: str | None = None  # RAM config folder; None: the full-size defaults
+    dape_model_path: str | None = None  # continue from an existing DAPE.pth (LoRA weights)
+
+
+@dataclass
+class DAPELossConfig:
+    """Eq. (1): ``L = w_fea·MSE(f_lr, f_hr) + λ·BCE(logits_lr, σ(logits_hr))``, λ = 1 (paper §4.1)."""
+
+    feature_weight: float = 1.0
+    logits_weight: float = 1.0
+
+
+def _dape_data() -> DataConfig:
+    return DataConfig(shuffle=True, num_workers=0)
+
+
+def _dape_optim() -> OptimizerConfig:
+    # basicsr/options/dape.yaml: AdamW lr 1e-4, wd 0; MultiStepLR [20000, 30000] × 0.5 after a 50-iteration warm-up.
+    return OptimizerConfig(
+        learning_rate=1e-4,
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # BasicSR does not clip
+        lr_scheduler="multistep",
+        lr_warmup_steps=50,
+        lr_milestones=[20000, 30000],
+        lr_gamma=0.5,
+    )
+
+
+def _dape_train() -> TrainLoopConfig:
+    # dape.yaml: batch 8 per GPU, seed 10, 300000 iterations (the paper reports 20K at batch 32), checkpoint every 1000,
+    # fp32 (BasicSR has no AMP).
+    return TrainLoopConfig(
+        output_dir="seesr-out/train-dape",
+        seed=10,
+        train_batch_size=8,
+        gradient_accumulation_steps=1,
+        max_train_steps=300000,
+        mixed_precision="no",
+        checkpointing_steps=1000,
+    )
+
+
+@dataclass
+class TrainDAPEConfig:
+    """``seesr train dape``: frozen RAM teacher on HR, LoRA student on the degraded LR (REFERENCE.md §5)."""
+
+    model: DAPEModelConfig = field(default_factory=DAPEModelConfig)
+    loss: DAPELossConfig = field(default_factory=DAPELossConfig)
+    data: DataConfig = field(default_factory=_dape_data)
+    optim: OptimizerConfig = field(default_factory=_dape_optim)
+    train: TrainLoopConfig = field(default_factory=_dape_train)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        _validate_common(self.data, self.optim, self.train, self.logging)
+        if not self.model.ram_model_path:
+            raise ConfigError("model.ram_model_path is required (ram_swin_large_14m.pth)")
+
+
+def _validate_common(data: DataConfig, optim: OptimizerConfig, train: TrainLoopConfig, logging: LoggingConfig) -> None:
+    if not data.root_folders:
+        raise ConfigError("data.root_folders is empty: give at least one folder of training images")
+    if data.mode not in DATA_MODES:
+        raise ConfigError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {data.mode!r}")
+    if data.resolution <= 0 or data.resolution % 8:
+        raise ConfigError(f"data.resolution must be a positive multiple of 8, got {data.resolution}")
+    if data.scale < 1:
+        raise ConfigError(f"data.scale must be >= 1, got {data.scale}")
+    if train.mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ConfigError(
+            f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {train.mixed_precision!r}"
+        )
+    if optim.lr_scheduler not in LR_SCHEDULERS:
+        raise ConfigError(f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {optim.lr_scheduler!r}")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps"):
+        if getattr(train, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
+    if train.max_train_steps is not None and train.max_train_steps < 1:
+        raise ConfigError(f"train.max_train_steps must be >= 1 or null, got {train.max_train_steps}")
+    if optim.learning_rate <= 0:
+        raise ConfigError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
+    if logging.log_every < 1:
+        raise ConfigError(f"logging.log_every must be >= 1, got {logging.log_every}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading, overriding, recording
+# ----------------------------------------------------------------------------------------------------------------
+
+ConfigT = TypeVar("ConfigT", TrainDAPEConfig, TrainSeeSRConfig)
+
+STAGE_CONFIGS: dict[str, type] = {"dape": TrainDAPEConfig, "seesr": TrainSeeSRConfig}
+
+
+def default_config_path(stage: str) -> Path:
+    """The YAML template shipped with the package for ``stage`` ("dape" or "seesr")."""
+    return Path(__file__).resolve().parent.parent / "configs" / f"train_{stage}.yaml"
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert ``value`` (parsed from YAML) against the annotation ``hint``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, str):  # "--set data.root_folders=a" and a bare string in YAML mean a one-item list
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item, item_hint, f"{key}[{index}]") for index, item in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {hint!r}")  # pragma: no cover - programming error
+
+
+def _merge(instance: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Recursively assign ``values`` onto the dataclass ``instance`` with type checking."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(instance))
+    names = {item.name for item in dataclasses.fields(instance)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(instance, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, prefix=f"{key}.")
+        else:
+            setattr(instance, name, _coerce(value, hints[name], key))
+
+
+def apply_overrides(config: ConfigT, overrides: list[str] | tuple[str, ...]) -> ConfigT:
+    """Apply ``a.b=c`` strings (values parsed as YAML: ``3``, ``1e-4``, ``true``, ``[a, b]``, ``null``) in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        if not dotted:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        nested: Any = value
+        for part in reversed(dotted.split(".")):
+            nested = {part: nested}
+        _merge(config, nested)
+    return config
+
+
+def load_config(
+    stage: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), validate: bool = True
+) -> Any:
+    """Build the stage's config: dataclass defaults <- YAML ``path`` <- ``overrides``; validate; return it.
+
+    Args:
+        stage: "dape" or "seesr".
+        path: YAML file; ``None`` uses only the defaults.
+        overrides: ``key.sub=value`` strings.
+        validate: check required paths and value ranges (off only to print a partial config).
+    """
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"unknown training stage {stage!r}; choose one of {', '.join(STAGE_CONFIGS)}")
+    config = STAGE_CONFIGS[stage]()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        _merge(config, values)
+    apply_overrides(config, list(overrides))
+    if validate:
+        config.validate()
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The resolved configuration as plain Python containers (YAML/JSON serialisable)."""
+    return dataclasses.asdict(config)
+
+
+_VERSIONED_PACKAGES = (
+    "seesr",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "peft",
+    "timm",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "bitsandbytes",
+    "tensorboard",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that determine training numerics (``None`` when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_record(config: Any, output_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``config.yaml`` (resolved config) and ``versions.json`` (package versions + ``extra``) to ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(
+        yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False), encoding="utf-8"
+    )
+    record = {"packages": package_versions(), **(extra or {})}
+    (output_dir / "versions.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
