@@ -1,0 +1,109 @@
+"""``seesr prepare``: build the paired training set (gt/, lr/, sr_bicubic/, tag/) from HR photos.
+
+Resumable: re-run the same command after an interruption; finished items are kept and the result is identical
+to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="make a paired training set (GT crops, degraded LR, tags) from HR photos",
+        description=(
+            "Crop (or resize) HR photos, sharpen them (USM), degrade them with the Real-ESRGAN second-order model "
+            "and write OUT/gt, OUT/lr, OUT/sr_bicubic (LR bicubic-upscaled, what stage-2 training reads) and, with "
+            "--tagger, OUT/tag/<name>.txt from the plain RAM model. Files are named 0000001.png, ... "
+            "Interrupted runs resume where they stopped when re-run with the same options."
+        ),
+    )
+    parser.add_argument("--gt", nargs="+", required=True, metavar="DIR", help="folders of HR images (not recursive)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="passes over the images, each with new crops and degradations (default: 1)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="crop512",
+        choices=("crop512", "resize512"),
+        help="crop512: random flip + crop, as for SeeSR (stage 2) training (default); "
+        "resize512: resize the whole image, as for DAPE (stage 1) training",
+    )
+    parser.add_argument("--size", type=int, default=512, help="GT size in pixels, the 512 of the modes (default: 512)")
+    parser.add_argument("--scale", type=int, default=4, help="LR down-scaling factor (default: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; each item gets its own stream (default: 0)")
+    parser.add_argument(
+        "--preset", default="seesr", choices=("seesr", "realesrgan"), help="degradation settings (default: seesr)"
+    )
+    parser.add_argument(
+        "--tagger",
+        metavar="PATH",
+        help="RAM checkpoint ram_swin_large_14m.pth (or its folder) used to tag the GT images, as the official "
+        "make_tags.py does (plain RAM, no DAPE)",
+    )
+    parser.add_argument("--no-tags", action="store_true", help="do not write tag/ (training then needs tags later)")
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=384 * 384,
+        help="skip images with fewer pixels (official: 147456 = 384x384)",
+    )
+    parser.add_argument(
+        "--min-file-kib", type=float, default=100, help="skip files smaller than this many KiB (official: 100)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
+    parser.add_argument("--tag-batch-size", type=int, default=8, help="images per tagger call (default: 8)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from seesr.data.prepare import PrepareError, PrepareOptions, prepare_dataset
+
+    if args.tagger is None and not args.no_tags:
+        raise CLIError(
+            "tags need a RAM checkpoint: pass --tagger PATH/ram_swin_large_14m.pth, or --no-tags to skip them",
+            EXIT_USAGE,
+        )
+    if args.tagger is not None and args.no_tags:
+        raise CLIError("--tagger and --no-tags contradict each other", EXIT_USAGE)
+    if args.tagger is not None and not Path(args.tagger).exists():
+        raise CLIError(f"--tagger {args.tagger}: no such file or folder", EXIT_USAGE)
+    options = PrepareOptions(
+        gt_dirs=[Path(folder) for folder in args.gt],
+        out=Path(args.out),
+        epochs=args.epochs,
+        mode=args.mode,
+        seed=args.seed,
+        size=args.size,
+        scale=args.scale,
+        preset=args.preset,
+        min_pixels=args.min_pixels,
+        min_file_bytes=int(args.min_file_kib * 1024),
+        device=args.device,
+        tagger=None if args.no_tags else Path(args.tagger),
+        tag_batch_size=args.tag_batch_size,
+    )
+    try:
+        report = prepare_dataset(options)
+    except PrepareError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
+    for message in report.skipped_sources:
+        print(f"seesr prepare: skipped {message}", file=sys.stderr)  # noqa: T201
+    for message in report.failed:
+        print(f"seesr prepare: failed {message}", file=sys.stderr)  # noqa: T201
+    print(  # noqa: T201
+        f"{report.total} item(s) in {options.out}: {report.written} written, {report.skipped_complete} already done, "
+        f"{report.tagged} tagged" + (f", {len(report.failed)} failed" if report.failed else "")
+    )
+    return EXIT_FAILURE if report.failed else EXIT_OK

@@ -1,0 +1,310 @@
+"""Offline paired training set (what ``seesr prepare`` runs; REFERENCE.md §6.1, §6.4, §6.5).
+
+Output layout (file names are a 1-based counter, 7 digits, epoch-major: item ``e·N + i + 1`` is source ``i`` in
+epoch ``e``)::
+
+    OUT/gt/0000001.png          size×size, USM-sharpened GT (the training target)
+    OUT/lr/0000001.png          (size/scale)², the degraded LR
+    OUT/sr_bicubic/0000001.png  size×size, LR bicubic-upscaled (the ControlNet condition training reads)
+    OUT/tag/0000001.txt         "<tags of the GT, joined by ', '>," from the plain RAM teacher
+    OUT/prepare.json            settings + source of every item (used to resume safely)
+
+Every item has its own generator seeded by ``(seed, item number)``: crop, flip, kernels and every degradation
+choice of an item depend on nothing else, so a run can be interrupted and resumed (complete items are skipped,
+files are written atomically) and gives byte-identical files to an uninterrupted run on the same device.
+Differences from the official scripts (documented choices): each item is degraded alone (the official batch of 10
+shared its resize/noise-type choices), too-small sources are skipped with a warning instead of being replaced by a
+random other image, and no image is dropped by ``drop_last``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from seesr.data.datasets import MIN_FILE_BYTES, MIN_PIXELS, item_generator, list_images
+from seesr.data.transforms import pil_to_tensor, random_crop_gt, resize_gt, tensor_to_pil
+from seesr.degradations.config import DegradationConfig
+from seesr.degradations.pipeline import synthesize_pair
+from seesr.utils.images import ImageReadError, load_image, save_image_atomic, write_text_atomic
+
+__all__ = ["MANIFEST_NAME", "PrepareError", "PrepareOptions", "PrepareReport", "item_name", "prepare_dataset"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "prepare.json"
+MANIFEST_VERSION = 1
+MODES = ("crop512", "resize512")
+SUBDIRS = ("gt", "lr", "sr_bicubic")
+
+
+class PrepareError(RuntimeError):
+    """A problem with the user's inputs or output folder (message meant for the user)."""
+
+
+@dataclass
+class PrepareOptions:
+    """Settings of a ``seesr prepare`` run.
+
+    ``mode``: ``"crop512"`` (stage-2 data: flip, reflect pad, random ``size`` crop) or ``"resize512"`` (DAPE data:
+    the whole image LANCZOS-resized to ``size``). ``size`` is the GT side (512 officially). ``epochs`` passes over
+    the sources, each with fresh random crops/degradations. Sources under ``min_pixels`` pixels or
+    ``min_file_bytes`` bytes are skipped. ``tagger``: the RAM checkpoint used to write ``tag/`` (None: no tags).
+    """
+
+    gt_dirs: Sequence[Path]
+    out: Path
+    epochs: int = 1
+    mode: str = "crop512"
+    seed: int = 0
+    size: int = 512
+    scale: int = 4
+    preset: str = "seesr"
+    min_pixels: int = MIN_PIXELS
+    min_file_bytes: int = MIN_FILE_BYTES
+    device: str = "cpu"
+    tagger: Path | None = None
+    tag_batch_size: int = 8
+    progress: bool = True
+
+    def image_settings(self) -> dict[str, Any]:
+        """The settings that determine the image files (must match to resume)."""
+        return {
+            "mode": self.mode,
+            "seed": self.seed,
+            "size": self.size,
+            "scale": self.scale,
+            "preset": self.preset,
+            "degradation": DegradationConfig.preset(self.preset).to_dict(),
+        }
+
+
+@dataclass
+class PrepareReport:
+    """What a run did: counts, and the sources that were skipped (with the reason)."""
+
+    written: int = 0
+    skipped_complete: int = 0
+    tagged: int = 0
+    total: int = 0
+    skipped_sources: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def item_name(index: int) -> str:
+    """File stem of item ``index`` (1-based): ``0000001``."""
+    return f"{index:07d}"
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Pixel size from the header only (no full decode); raises :class:`ImageReadError` for unreadable files."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from None
+
+
+def _usable_sources(options: PrepareOptions, report: PrepareReport) -> list[Path]:
+    try:
+        files = list_images(options.gt_dirs)
+    except FileNotFoundError as error:
+        raise PrepareError(str(error)) from None
+    usable: list[Path] = []
+    for path in files:
+        try:
+            width, height = _image_size(path)
+        except ImageReadError as error:
+            report.skipped_sources.append(str(error))
+            continue
+        if width * height < options.min_pixels:
+            report.skipped_sources.append(f"{path}: {width}x{height} has fewer than {options.min_pixels} pixels")
+        elif path.stat().st_size < options.min_file_bytes:
+            report.skipped_sources.append(f"{path}: file smaller than {options.min_file_bytes} bytes")
+        else:
+            usable.append(path)
+    if not usable:
+        raise PrepareError("no usable GT images (see the skipped files above, or lower --min-pixels/--min-file-kib)")
+    return usable
+
+
+def _check_manifest(out: Path, settings: dict[str, Any], sources: list[str]) -> None:
+    path = out / MANIFEST_NAME
+    if not path.exists():
+        if any((out / sub).is_dir() and any((out / sub).iterdir()) for sub in SUBDIRS):
+            raise PrepareError(f"{out} already holds images but no {MANIFEST_NAME}; use an empty or new --out folder")
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise PrepareError(f"{path}: unreadable ({error}); remove it or use a new --out folder") from None
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    if previous.get("settings") != settings:
+        old = previous.get("settings", {})
+        changed = sorted(key for key in set(old) | set(settings) if old.get(key) != settings.get(key))
+        raise PrepareError(
+            f"{out} was prepared with different settings ({', '.join(changed)}); "
+            "rerun with the same options to resume, or use a new --out folder"
+        )
+    if previous.get("sources") != sources:
+        raise PrepareError(
+            f"the GT images differ from those {out} was prepared from; resume with the same --gt folders and files, "
+            "or use a new --out folder"
+        )
+
+
+def _write_manifest(out: Path, options: PrepareOptions, sources: list[str]) -> None:
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "settings": options.image_settings(),
+        "epochs": options.epochs,
+        "sources": sources,
+        "items": {
+            item_name(epoch * len(sources) + position + 1): source
+            for epoch in range(options.epochs)
+            for position, source in enumerate(sources)
+        },
+    }
+    write_text_atomic(json.dumps(manifest, indent=1) + "\n", out / MANIFEST_NAME)
+
+
+def _make_item(
+    source: Path, index: int, options: PrepareOptions, config: DegradationConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """GT preparation + degradation of one item (its own generator): gt, lr, sr_bicubic, each (3, h, w) on the CPU."""
+    generator = item_generator(options.seed, index)
+    image = load_image(source).rgb
+    if options.mode == "resize512":
+        hr = pil_to_tensor(resize_gt(image, options.size))
+    else:
+        hr = random_crop_gt(pil_to_tensor(image), options.size, generator, hflip=True)
+    gt, lr = synthesize_pair(hr[None].to(device), config, generator, scale=options.scale)
+    sr_bicubic = F.interpolate(lr, size=gt.shape[-2:], mode="bicubic", align_corners=False)
+    return {"gt": gt[0].cpu(), "lr": lr[0].cpu(), "sr_bicubic": sr_bicubic[0].cpu()}
+
+
+def _item_complete(out: Path, name: str) -> bool:
+    return all((out / sub / f"{name}.png").is_file() for sub in SUBDIRS)
+
+
+def _tag_missing(out: Path, options: PrepareOptions, report: PrepareReport, load_tagger: Callable[[], Any]) -> None:
+    """Write ``tag/<stem>.txt`` for every GT that lacks one (tags are a function of the saved GT PNG)."""
+    pending = [path for path in sorted((out / "gt").glob("*.png")) if not (out / "tag" / f"{path.stem}.txt").is_file()]
+    if not pending:
+        return
+    tagger = load_tagger()
+    batch_size = max(1, options.tag_batch_size)
+    with tqdm(total=len(pending), desc="tags", unit="img", disable=not options.progress) as bar:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            images = [load_image(path).rgb for path in chunk]
+            results = tagger.tag(images, mode="pipeline")
+            for path, result in zip(chunk, results, strict=True):
+                write_text_atomic(f"{result.prompt},", out / "tag" / f"{path.stem}.txt")
+                report.tagged += 1
+            bar.update(len(chunk))
+
+
+def load_teacher_tagger(path: Path, device: torch.device) -> Any:
+    """The plain RAM teacher (no DAPE LoRA), fp32, from ``ram_swin_large_14m.pth`` or the folder holding it.
+
+    A folder with a ``configs/`` sub-folder (RAM's config files) is read as a non-standard (e.g. tiny) RAM. Other
+    folders are handed to :func:`seesr.tagger.loading.load_tagger` (a converted tagger folder).
+    """
+    from seesr.tagger.dape import DAPETagger
+
+    path = Path(path)
+    checkpoint = None
+    if path.is_file():
+        checkpoint = path
+    elif (path / "ram_swin_large_14m.pth").is_file():
+        checkpoint = path / "ram_swin_large_14m.pth"
+    if checkpoint is not None:
+        config_dir = checkpoint.parent / "configs"
+        tagger = DAPETagger.from_ram_checkpoints(
+            checkpoint, dape_path=None, config_dir=config_dir if config_dir.is_dir() else None
+        )
+    elif path.is_dir():
+        from seesr.tagger.loading import load_tagger
+
+        tagger = load_tagger(path)
+    else:
+        raise PrepareError(f"--tagger {path}: no such file or folder")
+    return tagger.to(device=device, dtype=torch.float32).eval()
+
+
+def prepare_dataset(
+    options: PrepareOptions,
+    on_item_written: Callable[[str], None] | None = None,
+) -> PrepareReport:
+    """Build (or resume) the paired training set described by ``options``; see the module docstring.
+
+    ``on_item_written(name)`` is called after each new item (used by tests to simulate an interruption).
+    """
+    from seesr.utils.device import resolve_device
+
+    if options.mode not in MODES:
+        raise PrepareError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
+    if options.epochs < 1:
+        raise PrepareError("--epochs must be at least 1")
+    if options.size < 16 or options.size % options.scale:
+        raise PrepareError(f"--size must be >= 16 and a multiple of --scale ({options.scale}), got {options.size}")
+    try:
+        config = DegradationConfig.preset(options.preset)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
+    try:
+        device = resolve_device(options.device)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
+
+    out = Path(options.out)
+    report = PrepareReport()
+    sources_paths = _usable_sources(options, report)
+    for message in report.skipped_sources:
+        logger.warning("skipped %s", message)
+    sources = [str(path.resolve()) for path in sources_paths]
+    settings = options.image_settings()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, settings, sources)
+    _write_manifest(out, options, sources)
+
+    total = options.epochs * len(sources_paths)
+    report.total = total
+    with tqdm(total=total, desc="pairs", unit="img", disable=not options.progress) as bar:
+        for epoch in range(options.epochs):
+            for position, source in enumerate(sources_paths):
+                index = epoch * len(sources_paths) + position + 1
+                name = item_name(index)
+                if _item_complete(out, name):
+                    report.skipped_complete += 1
+                    bar.update(1)
+                    continue
+                try:
+                    tensors = _make_item(source, index, options, config, device)
+                except ImageReadError as error:
+                    report.failed.append(f"{name}: {error}")
+                    logger.error("item %s failed: %s", name, error)
+                    bar.update(1)
+                    continue
+                # gt last: an item counts as complete once all three files exist.
+                for sub in ("lr", "sr_bicubic", "gt"):
+                    save_image_atomic(tensor_to_pil(tensors[sub]), out / sub / f"{name}.png")
+                report.written += 1
+                bar.update(1)
+                if on_item_written is not None:
+                    on_item_written(name)
+
+    if options.tagger is not None:
+        _tag_missing(out, options, report, lambda: load_teacher_tagger(options.tagger, device))
+    return report
