@@ -80,12 +80,16 @@ def filter2d(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     padded = reflect_pad(image, size // 2)
     padded_h, padded_w = padded.shape[-2:]
     if kernel.shape[0] == 1:
-        out = F.conv2d(padded.reshape(batch * channels, 1, padded_h, padded_w), kernel.view(1, 1, size, size))
-    else:
-        if kernel.shape[0] != batch:
-            raise ValueError(f"got {kernel.shape[0]} kernels for a batch of {batch} images")
+        weight = kernel.view(1, 1, size, size).expand(batch * channels, 1, size, size)
+    elif kernel.shape[0] == batch:
         weight = kernel.view(batch, 1, size, size).repeat(1, channels, 1, 1).view(batch * channels, 1, size, size)
-        out = F.conv2d(padded.reshape(1, batch * channels, padded_h, padded_w), weight, groups=batch * channels)
+    else:
+        raise ValueError(f"got {kernel.shape[0]} kernels for a batch of {batch} images")
+    # One depthwise convolution over all B·C planes (several times faster on CPU than a batch of 1-channel
+    # convolutions, and bit-identical to it).
+    out = F.conv2d(
+        padded.reshape(1, batch * channels, padded_h, padded_w), weight.contiguous(), groups=batch * channels
+    )
     return out.view(batch, channels, height, width)
 
 
