@@ -103,12 +103,12 @@ def photos() -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def small_pair_dirs(tmp_path: Path, photos) -> tuple[Path, Path]:
-    """pred/ and gt/ folders with three 64x64 crops of real photos (RealSR-style names), predictions noisy."""
+    """pred/ and gt/ folders with three 96x96 crops of real photos (RealSR-style names), predictions noisy."""
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()
     gt.mkdir()
     for index, (name, image) in enumerate(photos.items()):
-        crop = np.ascontiguousarray(image[100:164, 100:164])
+        crop = np.ascontiguousarray(image[100:196, 100:196])
         Image.fromarray(crop).save(gt / f"{name}_HR.png")
         Image.fromarray(_noisy(crop, index)).save(pred / f"{name}_LR4.png")
     return pred, gt

@@ -111,6 +111,8 @@ def test_errors_are_clear():
         calculate_psnr(a, a, crop_border=16)
     with pytest.raises(ValueError, match="too small for SSIM"):
         calculate_ssim(a[:10, :10], a[:10, :10])
+    with pytest.raises(ValueError, match="too small for NIQE: 95x100"):
+        calculate_niqe(np.zeros((100, 95, 3), np.uint8))
     with pytest.raises(ValueError, match="expected an"):
         calculate_psnr(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
 

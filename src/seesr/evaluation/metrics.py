@@ -45,6 +45,7 @@ SSIM_K2 = 0.03
 PEAK = 255.0
 
 NIQE_PARAMS_FILE = "niqe_pris_params.npz"
+NIQE_BLOCK_SIZE = 96
 
 
 def _as_float_image(image: np.ndarray, name: str) -> np.ndarray:
@@ -207,6 +208,12 @@ def calculate_niqe(image: np.ndarray, crop_border: int = 0) -> float:
     array = _as_float_image(image, "image")
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
+    height, width = array.shape[0] - 2 * crop_border, array.shape[1] - 2 * crop_border
+    if min(height, width) < NIQE_BLOCK_SIZE:
+        raise ValueError(
+            f"image too small for NIQE: {width}x{height} (after cropping), needs at least "
+            f"{NIQE_BLOCK_SIZE}x{NIQE_BLOCK_SIZE} (NIQE fits its model on {NIQE_BLOCK_SIZE}-pixel blocks)"
+        )
     mu, cov = load_niqe_params()
     tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)[None] / 255.0)).float()
     score = pyiqa_calculate_niqe(
@@ -217,4 +224,7 @@ def calculate_niqe(image: np.ndarray, crop_border: int = 0) -> float:
         mu_pris_param=torch.from_numpy(mu),
         cov_pris_param=torch.from_numpy(cov),
     )
-    return float(score.reshape(-1)[0])
+    value = float(score.reshape(-1)[0])
+    if not math.isfinite(value):
+        raise ValueError("NIQE is undefined for this image (its block statistics are degenerate, e.g. a flat image)")
+    return value

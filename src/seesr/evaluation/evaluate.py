@@ -1,0 +1,264 @@
+"""Score a folder of predictions, against a folder of ground truths or on their own (no-reference mode).
+
+One bad file never stops the run: unreadable images, size mismatches and unpaired files are recorded as problems
+(per image, and in the report) and the rest of the folder is still evaluated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seesr.evaluation.pairing import list_images, pair_files
+from seesr.evaluation.registry import (
+    METRICS,
+    PYIQA_VERSION,
+    MetricUnavailableError,
+    Scorer,
+    build_scorer,
+    check_weights,
+    compute_fid,
+    format_missing_weights,
+    metric_package_versions,
+    parse_metric_list,
+)
+from seesr.utils.images import ImageReadError, load_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvaluationResult", "ImageRecord", "evaluate_folders"]
+
+COLOUR_SETTING = "PSNR/SSIM on the Y channel of BT.601 YCbCr (Y in [16, 235], float64, unrounded)"
+
+
+@dataclass
+class ImageRecord:
+    """Scores of one prediction; ``scores`` holds only the metrics that could be computed for it."""
+
+    name: str
+    pred: Path
+    gt: Path | None
+    scores: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # (width, height) of the prediction
+
+
+@dataclass
+class EvaluationResult:
+    """Everything a report needs: per-image records, FID, problems, settings and package versions."""
+
+    pred_dir: Path
+    gt_dir: Path | None
+    metrics: list[str]
+    records: list[ImageRecord]
+    fid: float | None = None
+    fid_count: int = 0  # images per set that FID was computed on
+    problems: list[str] = field(default_factory=list)
+    skipped_metrics: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return "full-reference" if self.gt_dir is not None else "no-reference"
+
+    @property
+    def computed_metrics(self) -> list[str]:
+        return [name for name in self.metrics if name not in self.skipped_metrics]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per metric: ``mean`` over the images it was computed on (FID: the set value) and ``count``."""
+        table: dict[str, dict[str, Any]] = {}
+        for name in self.computed_metrics:
+            info = METRICS[name]
+            if name == "fid":
+                table[name] = {"mean": self.fid, "count": self.fid_count if self.fid is not None else 0}
+            else:
+                values = [r.scores[name] for r in self.records if name in r.scores]
+                table[name] = {"mean": float(np.mean(values)) if values else None, "count": len(values)}
+            table[name].update(
+                label=info.label, lower_better=info.lower_better, kind=info.kind, implementation=info.implementation
+            )
+        return table
+
+
+def _load_rgb(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        loaded = load_image(path)
+    except ImageReadError as error:
+        return None, f"unreadable: {error}"
+    return np.asarray(loaded.rgb, dtype=np.uint8), None
+
+
+def _preflight(
+    metrics: Sequence[str], allow_download: bool, skip_unavailable: bool, skipped: dict[str, str]
+) -> list[str]:
+    """Check the weight files of all learned metrics before building anything; returns the metrics to build."""
+    missing = check_weights(metrics)
+    if missing and not allow_download:
+        if not skip_unavailable:
+            offline_ok = ",".join(n for n in metrics if not METRICS[n].weights)
+            raise MetricUnavailableError(
+                "offline, and these metric weights are not in the caches:\n"
+                f"{format_missing_weights(missing)}\n"
+                "Run once with network access (they are fetched on first use), copy the files to those paths, "
+                "or evaluate without them: --skip-unavailable, or --metrics "
+                f"{offline_ok or 'psnr,ssim,niqe'}."
+            )
+        for name in missing:
+            skipped[name] = "weights missing (offline): " + ", ".join(w.filename for w in missing[name])
+            logger.warning("skipping %s: %s", METRICS[name].label, skipped[name])
+    return [name for name in metrics if name not in skipped]
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path | None = None,
+    metrics: str | Sequence[str] | None = None,
+    crop_border: int = 0,
+    device: Any = "cpu",
+    allow_download: bool = True,
+    trust_weights: bool = False,
+    skip_unavailable: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every image of ``pred_dir`` (paired by stem with ``gt_dir`` when given).
+
+    Args:
+        pred_dir: folder of predictions (super-resolved images).
+        gt_dir: folder of ground truths of the same size; None for no-reference mode.
+        metrics: names (or ``"psnr,ssim"``); None = all of Table 2 that the mode allows.
+        crop_border: pixels removed from each edge for PSNR and SSIM.
+        device: torch device for the learned metrics.
+        allow_download: fetch missing weights; False fails fast listing the missing files.
+        trust_weights: allow full unpickling of metric weight files.
+        skip_unavailable: leave out metrics that cannot be built instead of failing.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: bad folders or metric names.
+        MetricUnavailableError: a metric cannot be built and ``skip_unavailable`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    pred_dir = Path(pred_dir)
+    gt_path = Path(gt_dir) if gt_dir is not None else None
+    for folder, role in ((pred_dir, "--pred"), (gt_path, "--gt")):
+        if folder is not None and not folder.is_dir():
+            raise ValueError(f"{role} {folder}: not a folder")
+    names = parse_metric_list(metrics, has_gt=gt_path is not None)
+    if crop_border < 0:
+        raise ValueError(f"--crop-border must be >= 0, got {crop_border}")
+    pred_files = list_images(pred_dir)
+    if not pred_files:
+        raise ValueError(f"--pred {pred_dir}: no images found")
+    gt_files = list_images(gt_path) if gt_path is not None else None
+    if gt_files is not None and not gt_files:
+        raise ValueError(f"--gt {gt_path}: no images found")
+
+    pairing = pair_files(pred_files, gt_files)
+    result = EvaluationResult(pred_dir=pred_dir, gt_dir=gt_path, metrics=names, records=[])
+    result.problems.extend(pairing.problems)
+    result.problems.extend(f"{g.name}: ground truth without a prediction (not evaluated)" for g in pairing.unpaired_gt)
+    result.settings = {
+        "crop_border": crop_border,
+        "crop_border_applies_to": ["psnr", "ssim"],
+        "colour": COLOUR_SETTING,
+        "ssim": "11x11 Gaussian window, sigma 1.5, K1=0.01, K2=0.03, valid positions only",
+        "niqe": "pyiqa NIQE (Y of YIQ, rounded; 96x96 blocks), pristine parameters from BasicSR 1.4.2",
+        "fid": "pyiqa clean mode; prediction set vs ground-truth set (pairs whose two images were readable)",
+        "maniqa_seed": 123,
+        "pyiqa_pinned": PYIQA_VERSION,
+        "device": str(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    result.versions = metric_package_versions()
+
+    per_image = [name for name in names if name != "fid"]
+    to_build = _preflight(names, allow_download, skip_unavailable, result.skipped_metrics)
+    scorers: dict[str, Scorer] = {}
+    for name in to_build:
+        if name == "fid":
+            continue
+        try:
+            scorers[name] = build_scorer(
+                name,
+                device=device,
+                allow_download=allow_download,
+                trust_weights=trust_weights,
+                crop_border=crop_border,
+            )
+        except MetricUnavailableError as error:
+            if not skip_unavailable:
+                raise
+            result.skipped_metrics[name] = str(error)
+            logger.warning("skipping %s: %s", METRICS[name].label, error)
+    per_image = [name for name in per_image if name in scorers]
+
+    unpaired = set(pairing.unpaired_pred)
+    items: list[tuple[Path, Path | None]] = list(pairing.pairs) + [(p, None) for p in pairing.unpaired_pred]
+    items.sort(key=lambda pair: pair[0].name)
+    fid_pred: list[Path] = []
+    fid_gt: list[Path] = []
+    for pred_path, gt_file in tqdm(items, desc="seesr eval", unit="img", disable=not progress):
+        record = ImageRecord(name=pred_path.name, pred=pred_path, gt=gt_file)
+        result.records.append(record)
+        if pred_path in unpaired:
+            record.problems.append("no ground truth with a matching name (no-reference metrics only)")
+        pred, problem = _load_rgb(pred_path)
+        if problem:
+            record.problems.append(f"prediction {problem}")
+            continue
+        record.size = (pred.shape[1], pred.shape[0])
+        gt = None
+        if gt_file is not None:
+            gt, problem = _load_rgb(gt_file)
+            if problem:
+                record.problems.append(f"ground truth {problem}")
+            else:
+                fid_pred.append(pred_path)
+                fid_gt.append(gt_file)
+                if gt.shape != pred.shape:
+                    record.problems.append(
+                        f"size mismatch: prediction {pred.shape[1]}x{pred.shape[0]}, ground truth "
+                        f"{gt.shape[1]}x{gt.shape[0]} ({gt_file.name}); full-reference metrics skipped"
+                    )
+                    gt = None
+        for name in per_image:
+            info = METRICS[name]
+            if info.needs_gt and gt is None:
+                continue
+            try:
+                value = scorers[name](pred, gt if info.needs_gt else None)
+            except Exception as error:  # one image must not stop the folder
+                record.problems.append(f"{name}: {type(error).__name__}: {error}")
+                logger.debug("%s failed on %s", name, pred_path, exc_info=True)
+                continue
+            record.scores[name] = value
+
+    if "fid" in to_build:
+        try:
+            result.fid_count = len(fid_pred)
+            result.fid = compute_fid(
+                fid_pred, fid_gt, device=device, allow_download=allow_download, trust_weights=trust_weights
+            )
+        except MetricUnavailableError as error:
+            if not skip_unavailable:
+                raise
+            result.skipped_metrics["fid"] = str(error)
+        except ValueError as error:
+            result.problems.append(f"FID not computed: {error}")
+            result.fid = None
+        if result.fid is not None and not math.isfinite(result.fid):
+            result.problems.append("FID is not finite (too few images for a covariance estimate?)")
+    for record in result.records:
+        for problem in record.problems:
+            logger.warning("%s: %s", record.name, problem)
+    return result
