@@ -1,0 +1,144 @@
+"""``seesr tag``: print the DAPE tags (SeeSR's hard prompt) of images.
+
+One line per image, ``<path>: tag, tag, ...`` (exactly the tag string the upscaler puts in front of the prompt), or
+with ``--json`` one JSON array with every tag's probability and class index. Unreadable files are reported on
+stderr one line each while the others are still tagged; the exit code is 1 if any failed, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "tag",
+        help="show the DAPE tags (hard prompt) of images",
+        description=(
+            "Run the DAPE tagger (RAM Swin-L with the SeeSR LoRA) on images and print their tags, one line per image "
+            "('<path>: tag, tag'). These are the tags `seesr upscale` puts into the prompt. "
+            "Folders are expanded (non-recursive) and glob patterns are accepted."
+        ),
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help=(
+            "tagger weights: a folder with ram/ram_swin_large_14m.pth (+ ram/DAPE.pth), a converted bundle "
+            "(with tagger/) or a DAPETagger folder; default: the official files downloaded by `seesr download`"
+        ),
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_probability,
+        metavar="P",
+        help="one probability threshold for every tag (default: RAM's official per-tag thresholds)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON with each tag's probability and index")
+    parser.add_argument("--lang", choices=("en", "zh"), default="en", help="tag language (default: en)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="tagger precision (default: fp32, as the official inference script)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)"
+    )
+    parser.add_argument(
+        "--max-input-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than this (default: 64 million)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"seesr tag: error: {message}", file=sys.stderr)  # noqa: T201
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from seesr.tagger.convert import CheckpointError
+    from seesr.tagger.loading import TaggerNotFoundError, load_tagger
+    from seesr.utils.device import DTYPES, resolve_device
+    from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, iter_image_files, load_image
+
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
+    dtype = DTYPES[args.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise CLIError("--dtype fp16 is not supported on the CPU; use fp32 or bf16", EXIT_USAGE)
+
+    files, problems = iter_image_files(args.images)
+    failed = len(problems)
+    for problem in problems:
+        _error(problem)
+    if not files:
+        return EXIT_FAILURE
+
+    try:
+        tagger = load_tagger(args.model, device=device, dtype=dtype)
+    except (TaggerNotFoundError, CheckpointError) as error:
+        raise CLIError(str(error)) from None
+
+    max_pixels = args.max_input_pixels or DEFAULT_MAX_INPUT_PIXELS
+    records: list[dict] = []
+    batch: list = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        results = tagger.tag([image for _, image in batch], threshold=args.threshold, lang=args.lang)
+        for (path, _), result in zip(batch, results, strict=True):
+            if args.json:
+                records.append({"path": str(path), **result.to_dict()})
+            else:
+                print(f"{path}: {result.prompt}", flush=True)  # noqa: T201
+        batch.clear()
+
+    for path in files:
+        try:
+            batch.append((path, load_image(path, max_pixels=max_pixels).rgb))
+        except ImageReadError as error:
+            failed += 1
+            _error(str(error))
+            continue
+        if len(batch) >= args.batch_size:
+            flush()
+    flush()
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, indent=2))  # noqa: T201
+    return EXIT_FAILURE if failed else EXIT_OK
