@@ -1,0 +1,556 @@
+"""The Gradio page of ``seesr serve``: upload, see and edit DAPE's tags, upscale, compare, download.
+
+:func:`build_app` builds the :class:`gradio.Blocks` from an already loaded pipeline (nothing is loaded here, and
+Gradio is imported only inside the functions, so importing this module is cheap and needs no ``web`` extra).
+:func:`launch_app` starts it with the safe defaults: bound to 127.0.0.1, one job per device at a time, bounded queue
+and upload size.
+
+The page logic lives in :class:`WebController`, which knows nothing about Gradio, so it is unit-tested directly;
+``build_app`` only lays out the components and wires their events to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from seesr.utils.images import save_image_atomic
+from seesr.web.inputs import InputImage, InvalidUpload, read_payload
+from seesr.web.runner import PipelineRunner, RunCancelled, Runner, UpscaleResult
+from seesr.web.settings import (
+    COLOR_FIXES,
+    MAX_SEED,
+    UserInputError,
+    WebLimits,
+    WebSettings,
+    check_output_size,
+    format_bytes,
+    format_tags,
+    make_settings,
+)
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+logger = logging.getLogger(__name__)
+
+DEVICE_QUEUE = "seesr-device"  # concurrency id shared by every event that runs a model
+RESULT_MAX_AGE_S = 2 * 3600  # results older than this are deleted when a new one is written
+
+
+@dataclass
+class RunOutput:
+    """What the page shows after a run: file paths are inside the controller's output folder."""
+
+    before_path: Path
+    after_path: Path
+    prompt: str
+    summary_markdown: str
+    seed: int
+    result: UpscaleResult
+
+
+class WebController:
+    """Everything the page does, without Gradio: checks, calls to the runner, saving results, cancelling.
+
+    Args:
+        runner: the model adapter (:class:`~seesr.web.runner.PipelineRunner` or a test double).
+        limits: size and range limits applied to everything the client sends.
+        output_dir: where result PNGs are written (a fresh temporary folder by default).
+        defaults: the page's initial values and the server-side ``process_size``.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        limits: WebLimits | None = None,
+        output_dir: str | Path | None = None,
+        defaults: WebSettings | None = None,
+    ):
+        self.runner = runner
+        self.limits = limits or WebLimits()
+        self.defaults = defaults or WebSettings()
+        self.output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="seesr-web-"))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_flags: dict[str, threading.Event] = {}
+        self._flags_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------------- the page text
+    def limits_markdown(self) -> str:
+        """One line telling the user what the server accepts."""
+        limits = self.limits
+        return (
+            f"Accepts PNG, JPEG, WebP, TIFF or BMP up to {format_bytes(limits.max_upload_bytes)} and "
+            f"{limits.max_input_pixels / 1e6:.1f} MP; results up to {limits.max_output_pixels / 1e6:.1f} MP."
+        )
+
+    def describe_input(self, size: tuple[int, int] | None, scale: Any) -> str:
+        """Markdown under the upload box: the input size and the size of the result at ``scale``."""
+        if size is None:
+            return self.limits_markdown()
+        width, height = size
+        try:
+            factor = int(scale)
+            out_w, out_h = check_output_size(width, height, factor, self.limits)
+        except (TypeError, ValueError, UserInputError) as error:
+            return f"Input **{width}×{height}** px. ⚠️ {error}"
+        return f"Input **{width}×{height}** px → result **{out_w}×{out_h}** px at ×{factor}."
+
+    # ------------------------------------------------------------------------------------------------- the events
+    def inspect_upload(self, upload: InputImage | InvalidUpload | None, scale: Any) -> tuple[bool, str, Any]:
+        """After an upload: ``(ok, markdown, size)``; a bad upload gives ``ok=False`` and the reason."""
+        if upload is None:
+            return True, self.limits_markdown(), None
+        if isinstance(upload, InvalidUpload):
+            return False, f"⚠️ **{upload.message}**", None
+        return True, self.describe_input(upload.size, scale), upload.size
+
+    def detect(self, upload: InputImage | InvalidUpload | None) -> tuple[str, str]:
+        """Run DAPE on the input: ``(tags text for the editable box, status line)``."""
+        image = self._require_image(upload)
+        started = time.perf_counter()
+        tags = self.runner.detect_tags(image.rgb)
+        seconds = time.perf_counter() - started
+        status = f"DAPE found {len(tags)} tag{'s' if len(tags) != 1 else ''} in {seconds:.1f} s. Edit them freely."
+        if not tags:
+            status = "DAPE found no tags; type your own or leave the box empty."
+        return format_tags(tags), status
+
+    def run(
+        self,
+        upload: InputImage | InvalidUpload | None,
+        *,
+        session: str,
+        on_step: Callable[[int, int], None] | None = None,
+        **controls: Any,
+    ) -> RunOutput:
+        """Validate ``controls`` (the raw values of the page's inputs), upscale, save the PNGs, describe the run.
+
+        ``controls`` are the keyword arguments of :func:`seesr.web.settings.make_settings` except ``limits``.
+        """
+        image = self._require_image(upload)
+        settings = make_settings(limits=self.limits, process_size=self.defaults.process_size, **controls).resolved()
+        check_output_size(*image.size, settings.scale, self.limits)
+        flag = self._stop_flag(session)
+        flag.clear()
+        try:
+            result = self.runner.upscale(image.rgb, settings, on_step=on_step, should_stop=flag.is_set)
+        except RunCancelled:
+            logger.info("run cancelled by the user")
+            raise
+        expected = (image.size[0] * settings.scale, image.size[1] * settings.scale)
+        if result.image.size != expected:
+            logger.warning("result is %s, expected %s; resizing", result.image.size, expected)
+            result.image = result.image.resize(expected, Image.Resampling.BICUBIC)
+        before_path, after_path = self._save(image, result)
+        return RunOutput(
+            before_path=before_path,
+            after_path=after_path,
+            prompt=result.prompt,
+            summary_markdown=summary_markdown(result, image.size),
+            seed=int(result.settings.seed or 0),
+            result=result,
+        )
+
+    def cancel(self, session: str) -> str:
+        """Ask this session's running job to stop after its current step."""
+        self._stop_flag(session).set()
+        return "Cancelling… the run stops after the current step."
+
+    # ------------------------------------------------------------------------------------------------- internals
+    def _require_image(self, upload: InputImage | InvalidUpload | None) -> InputImage:
+        if upload is None:
+            raise UserInputError("Upload a photo first.")
+        if isinstance(upload, InvalidUpload):
+            raise UserInputError(upload.message)
+        return upload
+
+    def _stop_flag(self, session: str) -> threading.Event:
+        with self._flags_lock:
+            return self._stop_flags.setdefault(session, threading.Event())
+
+    def _save(self, image: InputImage, result: UpscaleResult) -> tuple[Path, Path]:
+        self._delete_old_results()
+        folder = self.output_dir / uuid.uuid4().hex[:16]
+        folder.mkdir(parents=True)
+        scale = result.settings.scale
+        output = result.image.convert("RGB")
+        if image.alpha is not None:  # carry transparency over, upscaled like the pixels
+            output = output.copy()
+            output.putalpha(image.alpha.resize(output.size, Image.Resampling.BICUBIC))
+        after_path = save_image_atomic(output, folder / f"{image.stem}_seesr_x{scale}.png", metadata=result.metadata)
+        before = image.rgb.resize(result.image.size, Image.Resampling.BICUBIC)
+        before_path = save_image_atomic(before, folder / f"{image.stem}_bicubic_x{scale}.png")
+        return before_path, after_path
+
+    def _delete_old_results(self) -> None:
+        cutoff = time.time() - RESULT_MAX_AGE_S
+        for folder in self.output_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def summary_markdown(result: UpscaleResult, input_size: tuple[int, int]) -> str:
+    """The "used" panel under the result: tags, seed and every setting, as Markdown."""
+    settings = result.settings
+    tags = ", ".join(f"`{tag}`" for tag in result.tags) if result.tags else "*none*"
+    source = "yours" if settings.tags is not None else ("DAPE" if settings.use_tags else "tags off")
+    width, height = input_size
+    rows = [
+        ("Tags", f"{tags} ({source})"),
+        ("Negative prompt", _escape(result.negative_prompt) or "*empty*"),
+        ("Seed", str(settings.seed)),
+        ("Steps", str(settings.steps)),
+        ("Guidance", f"{settings.guidance_scale:g}"),
+        ("Colour fix", settings.color_fix),
+        ("Scale", f"×{settings.scale}: {width}×{height} → {result.image.size[0]}×{result.image.size[1]} px"),
+        ("Latent tile size", f"{settings.latent_tile_size} ({settings.latent_tile_size * 8} px)"),
+        ("Time", f"{result.seconds:.1f} s"),
+    ]
+    lines = [
+        "**Used for this result**",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+    ]
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+@contextlib.contextmanager
+def _shown_in_page(action: str) -> Iterator[None]:
+    """Turn expected failures into a Gradio error toast with a readable message; log unexpected ones."""
+    import gradio as gr
+
+    try:
+        yield
+    except UserInputError as error:
+        raise gr.Error(str(error), title=f"Cannot {action}") from None
+    except RunCancelled:
+        raise gr.Error("The run was cancelled.", title="Cancelled") from None
+    except Exception as error:
+        if type(error).__name__ == "OutOfMemoryError":
+            raise gr.Error(
+                "The device ran out of memory. Try a smaller scale or tile size, or a smaller image.",
+                title=f"Cannot {action}",
+            ) from None
+        logger.exception("failed to %s", action)
+        raise gr.Error(
+            f"Unexpected error ({type(error).__name__}); see the server log.", title=f"Cannot {action}"
+        ) from None
+
+
+def build_app(
+    pipeline: Any,
+    *,
+    limits: WebLimits | None = None,
+    defaults: WebSettings | None = None,
+    output_dir: str | Path | None = None,
+    title: str = "SeeSR",
+) -> gr.Blocks:
+    """Build the web UI around a loaded pipeline.
+
+    Args:
+        pipeline: a loaded ``SeeSRPipeline``, or any :class:`~seesr.web.runner.Runner` (used as is).
+        limits: upload, pixel and range limits (the :class:`WebLimits` defaults otherwise).
+        defaults: initial values of the controls and the server-side ``process_size`` (the official Gradio demo's
+            defaults otherwise: :class:`WebSettings`).
+        output_dir: folder for result PNGs (a fresh temporary folder by default).
+        title: browser tab title.
+
+    Returns:
+        The :class:`gradio.Blocks`, with its queue configured; start it with :func:`launch_app`. The controller is
+        available as ``app.seesr_controller``.
+    """
+    import gradio as gr
+    from gradio.utils import get_upload_folder
+
+    runner: Runner = pipeline if _is_runner(pipeline) else PipelineRunner(pipeline)
+    controller = WebController(runner, limits, output_dir, defaults)
+    limits, defaults = controller.limits, controller.defaults
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
+        gr.Markdown(
+            f"## {title}: semantics-aware super-resolution\n"
+            "Upload a low-resolution photo, check the tags DAPE sees in it (remove wrong ones, add missing ones), "
+            "then run. The comparison shows the input enlarged with bicubic next to the SeeSR result."
+        )
+        input_size = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                # Events that read this image skip Gradio's preprocessing (preprocess=False) and get the upload
+                # record instead: seesr.web.inputs checks it (limits, upload folder, readable image) and turns
+                # problems into messages, where stock preprocessing would hand any file to Pillow and say "Error".
+                image_in = gr.Image(
+                    label="Low-resolution photo",
+                    sources=["upload", "clipboard"],
+                    type="filepath",
+                    height=320,
+                    elem_id="seesr-input",
+                )
+                upload_dirs = [get_upload_folder(), image_in.GRADIO_CACHE]
+
+                def checked(payload: Any) -> InputImage | InvalidUpload | None:
+                    return read_payload(payload, limits, upload_dirs)
+
+                input_info = gr.Markdown(controller.limits_markdown(), elem_id="seesr-input-info")
+                detect_button = gr.Button("Detect tags", elem_id="seesr-detect")
+                tags_box = gr.Textbox(
+                    label="Tags (comma-separated, editable)",
+                    placeholder="Press “Detect tags” to see DAPE's tags and edit them. "
+                    "Left empty, the tags are detected when you run.",
+                    lines=2,
+                    elem_id="seesr-tags",
+                )
+                tags_info = gr.Markdown(elem_id="seesr-tags-info")
+                use_tags = gr.Checkbox(defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags")
+                prompt = gr.Textbox(
+                    defaults.prompt,
+                    label="Your prompt",
+                    placeholder="optional, e.g. “a portrait photo”",
+                    elem_id="seesr-prompt",
+                )
+                added_prompt = gr.Textbox(defaults.added_prompt, label="Added prompt", elem_id="seesr-added-prompt")
+                negative_prompt = gr.Textbox(
+                    defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
+                )
+                with gr.Accordion("Settings", open=True):
+                    with gr.Row():
+                        steps = gr.Slider(
+                            1,
+                            limits.max_steps,
+                            value=min(defaults.steps, limits.max_steps),
+                            step=1,
+                            label="Steps",
+                            elem_id="seesr-steps",
+                        )
+                        guidance = gr.Slider(
+                            0,
+                            15,
+                            value=defaults.guidance_scale,
+                            step=0.5,
+                            label="Guidance (CFG)",
+                            elem_id="seesr-guidance",
+                        )
+                    with gr.Row():
+                        seed = gr.Number(
+                            defaults.seed if defaults.seed is not None else 231,
+                            precision=0,
+                            minimum=0,
+                            maximum=MAX_SEED,
+                            label="Seed",
+                            elem_id="seesr-seed",
+                        )
+                        random_seed = gr.Checkbox(
+                            defaults.seed is None, label="New random seed each run", elem_id="seesr-random-seed"
+                        )
+                    with gr.Row():
+                        scale = gr.Slider(
+                            1,
+                            limits.max_scale,
+                            value=min(defaults.scale, limits.max_scale),
+                            step=1,
+                            label="Scale",
+                            elem_id="seesr-scale",
+                        )
+                        tile = gr.Slider(
+                            16,
+                            256,
+                            value=defaults.latent_tile_size,
+                            step=8,
+                            label="Latent tile size (×8 px)",
+                            elem_id="seesr-tile",
+                        )
+                    color_fix = gr.Radio(
+                        list(COLOR_FIXES), value=defaults.color_fix, label="Colour fix", elem_id="seesr-color-fix"
+                    )
+                with gr.Row():
+                    run_button = gr.Button("Run", variant="primary", elem_id="seesr-run")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
+            with gr.Column(scale=1):
+                compare = gr.ImageSlider(
+                    label="Before (bicubic) · after (SeeSR), same scale",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    max_height=640,
+                    elem_id="seesr-compare",
+                )
+                download = gr.DownloadButton("Download PNG (with settings)", visible=False, elem_id="seesr-download")
+                prompt_used = gr.Textbox(label="Prompt used", interactive=False, lines=2, elem_id="seesr-prompt-used")
+                summary = gr.Markdown(elem_id="seesr-settings-used")
+
+        def on_upload(payload: Any, scale_value: float) -> tuple[Any, ...]:
+            ok, message, size = controller.inspect_upload(checked(payload), scale_value)
+            if not ok:
+                gr.Warning(message.strip("⚠️ *"))
+                return None, message, None, ""
+            return gr.skip(), message, size, ""  # a new photo: the previous photo's tags no longer apply
+
+        image_in.upload(
+            on_upload,
+            [image_in, scale],
+            [image_in, input_info, input_size, tags_box],
+            preprocess=False,
+            concurrency_limit=4,
+            api_visibility="undocumented",
+        )
+        image_in.clear(lambda: (controller.limits_markdown(), None, ""), None, [input_info, input_size, tags_box])
+        scale.change(controller.describe_input, [input_size, scale], input_info, queue=False)
+
+        def on_detect(payload: Any) -> tuple[str, str]:
+            with _shown_in_page("detect tags"):
+                return controller.detect(checked(payload))
+
+        detect_event = detect_button.click(
+            on_detect,
+            [image_in],
+            [tags_box, tags_info],
+            api_name="detect_tags",
+            preprocess=False,
+            concurrency_id=DEVICE_QUEUE,
+            concurrency_limit=1,
+        )
+
+        def on_run(
+            payload: Any,
+            tags_text: str,
+            use_tags_value: bool,
+            prompt_value: str,
+            added_value: str,
+            negative_value: str,
+            steps_value: float,
+            guidance_value: float,
+            seed_value: float | None,
+            random_seed_value: bool,
+            scale_value: float,
+            tile_value: float,
+            color_fix_value: str,
+            request: Any,
+            progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
+        ) -> tuple[Any, ...]:
+            def on_step(done: int, total: int) -> None:
+                progress((done, total), desc="Denoising", unit="steps")
+
+            progress(0.0, desc="Starting")
+            with _shown_in_page("upscale"):
+                output = controller.run(
+                    checked(payload),
+                    session=request.session_hash or "anonymous",
+                    on_step=on_step,
+                    tags_text=tags_text,
+                    use_tags=use_tags_value,
+                    prompt=prompt_value,
+                    added_prompt=added_value,
+                    negative_prompt=negative_value,
+                    steps=steps_value,
+                    guidance_scale=guidance_value,
+                    seed=seed_value,
+                    random_seed=random_seed_value,
+                    color_fix=color_fix_value,
+                    scale=scale_value,
+                    latent_tile_size=tile_value,
+                )
+            return (
+                (str(output.before_path), str(output.after_path)),
+                gr.DownloadButton(value=str(output.after_path), visible=True),
+                output.prompt,
+                output.summary_markdown,
+                output.seed,
+            )
+
+        _inject_request(on_run, gr)
+        run_event = run_button.click(
+            on_run,
+            [
+                image_in,
+                tags_box,
+                use_tags,
+                prompt,
+                added_prompt,
+                negative_prompt,
+                steps,
+                guidance,
+                seed,
+                random_seed,
+                scale,
+                tile,
+                color_fix,
+            ],
+            [compare, download, prompt_used, summary, seed],
+            api_name="upscale",
+            preprocess=False,
+            concurrency_id=DEVICE_QUEUE,
+            concurrency_limit=1,
+        )
+
+        def on_cancel(request: Any) -> str:
+            return controller.cancel(request.session_hash or "anonymous")
+
+        _inject_request(on_cancel, gr)
+
+        cancel_button.click(on_cancel, None, summary, cancels=[run_event, detect_event], queue=False)
+
+    app.queue(default_concurrency_limit=1, max_size=limits.max_queue)
+    app.seesr_controller = controller  # type: ignore[attr-defined]
+    return app
+
+
+def launch_app(
+    app: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    block: bool = True,
+    quiet: bool = False,
+) -> str:
+    """Start the server with the safe defaults and return its local URL.
+
+    Binds to ``host`` (127.0.0.1 unless told otherwise), enforces the upload byte limit of the app's
+    :class:`WebLimits`, and only serves result files from the app's own output folder besides Gradio's cache.
+    ``block=False`` returns at once (tests); ``app.close()`` stops it.
+    """
+    controller: WebController = app.seesr_controller  # type: ignore[attr-defined]
+    _, url, _ = app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        max_file_size=controller.limits.max_upload_bytes,
+        allowed_paths=[str(controller.output_dir)],
+        show_error=False,
+        share=False,
+        quiet=quiet,
+        inbrowser=False,
+    )
+    if block:
+        app.block_thread()
+    return url
+
+
+def _inject_request(function: Callable[..., Any], gr: Any) -> None:
+    """Annotate ``function``'s ``request`` parameter with ``gr.Request`` so that Gradio passes the request.
+
+    Gradio recognises the parameter by its resolved type hint; with postponed annotations and Gradio imported
+    lazily (inside :func:`build_app`) the hint could not be resolved from this module's globals.
+    """
+    function.__annotations__["request"] = gr.Request
+
+
+def _is_runner(candidate: Any) -> bool:
+    return callable(getattr(candidate, "detect_tags", None)) and callable(getattr(candidate, "upscale", None))

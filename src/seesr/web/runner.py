@@ -1,0 +1,227 @@
+"""The adapter between the web UI and the SeeSR pipeline: the only web module that touches the pipeline API.
+
+:class:`PipelineRunner` wraps a loaded :class:`~seesr.pipeline.pipeline_seesr.SeeSRPipeline` and offers the two
+things the page needs, with a lock so that one job at a time uses the device even if Gradio's queue lets a
+cancelled job's thread finish in the background:
+
+* :meth:`PipelineRunner.detect_tags` -> DAPE's tags for an image;
+* :meth:`PipelineRunner.upscale` -> the upscaled image, the prompt actually used and the settings actually used.
+
+Anything with the same two methods (see :class:`Runner`) can drive the app, which is how the unit tests run it
+without a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+from seesr.web.settings import UserInputError, WebSettings
+
+logger = logging.getLogger(__name__)
+
+#: ``on_step(done, total)`` is called after every denoising step.
+StepCallback = Callable[[int, int], None]
+#: ``should_stop()`` is polled after every step; returning True stops the run with :class:`RunCancelled`.
+StopCheck = Callable[[], bool]
+
+
+class RunCancelled(Exception):
+    """The user pressed Cancel; the run stopped after the current step."""
+
+
+@dataclass
+class UpscaleResult:
+    """What one run produced.
+
+    Attributes:
+        image: the result, RGB, ``(W·scale, H·scale)`` for a ``(W, H)`` input.
+        prompt: the positive prompt the text encoder saw.
+        negative_prompt: the negative prompt used for classifier-free guidance.
+        tags: the tags that went into the prompt (DAPE's or the user's).
+        settings: the settings actually used (seed resolved).
+        metadata: PNG text chunks describing the run (prompt, tags, settings).
+        seconds: wall-clock time of the run.
+    """
+
+    image: Image.Image
+    prompt: str
+    negative_prompt: str
+    tags: tuple[str, ...]
+    settings: WebSettings
+    metadata: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Runner(Protocol):
+    """What :func:`seesr.web.app.build_app` needs from a model."""
+
+    description: str
+
+    def detect_tags(self, image: Image.Image) -> list[str]:
+        """DAPE tags of an RGB image, in tag-list order."""
+        ...
+
+    def upscale(
+        self,
+        image: Image.Image,
+        settings: WebSettings,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> UpscaleResult:
+        """Upscale an RGB ``(W, H)`` image to ``(W·scale, H·scale)``."""
+        ...
+
+
+class PipelineRunner:
+    """Runs a SeeSR pipeline for the web UI, one job at a time.
+
+    Args:
+        pipeline: a loaded ``SeeSRPipeline`` (its ``tagger`` component provides the tags).
+        lock: shared by every runner that uses the same device; a new one by default.
+    """
+
+    def __init__(self, pipeline: Any, lock: threading.Lock | None = None) -> None:
+        self.pipeline = pipeline
+        self.lock = lock or threading.Lock()
+        device = getattr(pipeline, "device", "cpu")
+        self.description = f"SeeSR on {device}"
+
+    def detect_tags(self, image: Image.Image) -> list[str]:
+        """DAPE's tags for the original LR ``image`` (RGB), in tag-list order."""
+        tagger = getattr(self.pipeline, "tagger", None)
+        if tagger is None:
+            raise UserInputError("This model was loaded without its DAPE tagger; type the tags yourself.")
+        with self.lock:
+            results = tagger.tag([image.convert("RGB")])
+        return list(results[0].names)
+
+    def upscale(
+        self,
+        image: Image.Image,
+        settings: WebSettings,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> UpscaleResult:
+        """Run the pipeline on ``image`` with ``settings`` (seed resolved first, so it is always reported)."""
+        settings = settings.resolved()
+        started = time.perf_counter()
+        with self.lock, _step_hook(self.pipeline, settings.steps, on_step, should_stop):
+            output = self.pipeline(
+                image.convert("RGB"),
+                prompt=settings.prompt,
+                added_prompt=settings.added_prompt,
+                negative_prompt=settings.negative_prompt,
+                tags=list(settings.tags) if settings.tags is not None else None,
+                use_tags=settings.use_tags,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                upscale=settings.scale,
+                process_size=settings.process_size,
+                latent_tile_size=settings.latent_tile_size,
+                color_fix=settings.color_fix,
+                seed=settings.seed,
+            )
+        seconds = time.perf_counter() - started
+        result = UpscaleResult(
+            image=output.images[0],
+            prompt=output.prompts[0],
+            negative_prompt=output.negative_prompts[0],
+            tags=tuple(output.tags[0]),
+            settings=settings,
+            seconds=seconds,
+        )
+        result.metadata = self.png_metadata(result)
+        logger.info("upscaled %dx%d -> %dx%d in %.1f s", *image.size, *result.image.size, seconds)
+        return result
+
+    def png_metadata(self, result: UpscaleResult) -> dict[str, str]:
+        """The PNG text chunks ``seesr upscale`` writes (same keys and JSON record), plus where the tags came from."""
+        from seesr.pipeline.batch import UpscaleSettings, png_metadata
+
+        settings = result.settings
+        record = UpscaleSettings(
+            scale=settings.scale,
+            steps=settings.steps,
+            guidance=settings.guidance_scale,
+            seed=settings.seed,
+            prompt=settings.prompt,
+            added_prompt=settings.added_prompt,
+            negative_prompt=settings.negative_prompt,
+            use_tags=settings.use_tags,
+            color_fix=settings.color_fix,
+            process_size=settings.process_size,
+            latent_tile_size=settings.latent_tile_size,
+        )
+        location = getattr(self.pipeline, "model_location", None)
+        extra = {
+            "interface": "web",
+            "tags_source": "user" if settings.tags is not None else ("dape" if settings.use_tags else "none"),
+            "model": getattr(location, "description", None) or type(self.pipeline).__name__,
+            "device": str(getattr(self.pipeline, "device", "")),
+            "dtype": str(getattr(self.pipeline, "dtype", "")).replace("torch.", ""),
+        }
+        return png_metadata(record, result.prompt, list(result.tags), settings.seed, extra)
+
+
+class _StepBar:
+    """Stands in for the pipeline's progress bar: reports each step and stops the run between steps on request."""
+
+    def __init__(self, total: int, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
+        self.total, self.done = total, 0
+        self.on_step, self.should_stop = on_step, should_stop
+
+    def __enter__(self) -> _StepBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> bool:
+        return False
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+        if self.should_stop is not None and self.should_stop():
+            raise RunCancelled
+
+
+def _counted(items: list[Any], bar: _StepBar) -> Iterator[Any]:
+    for item in items:
+        yield item
+        bar.update()
+
+
+@contextlib.contextmanager
+def _step_hook(
+    pipeline: Any, total: int, on_step: StepCallback | None, should_stop: StopCheck | None
+) -> Iterator[None]:
+    """Route the pipeline's per-step progress to ``on_step`` / ``should_stop`` for the duration of one call.
+
+    diffusers pipelines advance ``self.progress_bar(total=...)`` once per denoising step; shadowing that method on
+    the instance (the caller holds the device lock, so no other call sees it) is the hook.
+    """
+    if on_step is None and should_stop is None:
+        yield
+        return
+
+    def progress_bar(iterable: Any = None, total: int | None = None) -> Any:
+        if iterable is not None:
+            items = list(iterable)
+            return _counted(items, _StepBar(len(items), on_step, should_stop))
+        return _StepBar(int(total or 0) or steps, on_step, should_stop)
+
+    steps = total
+    object.__setattr__(pipeline, "progress_bar", progress_bar)
+    try:
+        yield
+    finally:
+        object.__delattr__(pipeline, "progress_bar")

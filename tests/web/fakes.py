@@ -1,0 +1,60 @@
+"""A model-free stand-in for :class:`seesr.web.runner.PipelineRunner` used by the unit tests of the web UI."""
+
+from __future__ import annotations
+
+import threading
+
+from PIL import Image, ImageFilter
+
+from seesr.web.runner import RunCancelled, StepCallback, StopCheck, UpscaleResult
+from seesr.web.settings import WebSettings
+
+
+class FakeRunner:
+    """Tags every image with ``TAGS``; "upscales" with bicubic + sharpen; records its calls.
+
+    ``step_event``: when set, each step waits until the event is set (lets a test cancel mid-run).
+    """
+
+    TAGS = ["cat", "sofa", "window"]
+
+    def __init__(self, steps_delay: float = 0.0) -> None:
+        self.description = "fake runner"
+        self.calls: list[tuple[str, tuple[int, int], WebSettings | None]] = []
+        self.steps_delay = steps_delay
+        self.started = threading.Event()
+
+    def detect_tags(self, image: Image.Image) -> list[str]:
+        self.calls.append(("detect", image.size, None))
+        return list(self.TAGS)
+
+    def upscale(
+        self,
+        image: Image.Image,
+        settings: WebSettings,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> UpscaleResult:
+        settings = settings.resolved()
+        self.calls.append(("upscale", image.size, settings))
+        self.started.set()
+        for step in range(settings.steps):
+            if self.steps_delay:
+                threading.Event().wait(self.steps_delay)
+            if on_step is not None:
+                on_step(step + 1, settings.steps)
+            if should_stop is not None and should_stop():
+                raise RunCancelled
+        tags = settings.tags if settings.tags is not None else (tuple(self.TAGS) if settings.use_tags else ())
+        prompt = ", ".join([*tags, settings.prompt, settings.added_prompt])
+        size = (image.size[0] * settings.scale, image.size[1] * settings.scale)
+        result = image.resize(size, Image.Resampling.BICUBIC).filter(ImageFilter.SHARPEN)
+        return UpscaleResult(
+            image=result,
+            prompt=prompt,
+            negative_prompt=settings.negative_prompt,
+            tags=tuple(tags),
+            settings=settings,
+            metadata={"prompt": prompt, "seed": str(settings.seed)},
+        )
