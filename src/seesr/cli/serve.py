@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
     except (ValueError, RuntimeError) as error:
-        raise CLIError(str(error), EXIT_USAGE) from None
+        raise CLIError(f"--device {args.device}: {error}", EXIT_USAGE) from None
 
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError

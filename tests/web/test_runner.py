@@ -1,0 +1,127 @@
+"""The pipeline adapter of the web UI against a diffusers pipeline double: argument mapping, steps, cancel, metadata."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from seesr.pipeline.batch import UpscaleSettings
+from seesr.web.runner import PipelineRunner, RunCancelled
+from seesr.web.settings import UserInputError, WebSettings
+
+
+class RecordingPipeline(DiffusionPipeline):
+    """Loops over its steps with ``self.progress_bar`` like every diffusers pipeline and records its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+        self.tagger = SimpleNamespace(tag=lambda images: [SimpleNamespace(names=["dog", "grass"])])
+        self.model_location = SimpleNamespace(description="release folder /models/seesr")
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image, **kwargs):
+        self.calls.append({"image_size": image.size, **kwargs})
+        with self.progress_bar(total=kwargs["num_inference_steps"]) as progress:
+            for _ in range(kwargs["num_inference_steps"]):
+                progress.update()
+        tags = kwargs["tags"] if kwargs["tags"] is not None else ["dog", "grass"]
+        tags = tags if kwargs["use_tags"] else []
+        scale = kwargs["upscale"]
+        return SimpleNamespace(
+            images=[image.resize((image.width * scale, image.height * scale))],
+            prompts=[f"{', '.join(tags)}, {kwargs['prompt']}," + kwargs["added_prompt"]],
+            negative_prompts=[kwargs["negative_prompt"]],
+            tags=[list(tags)],
+        )
+
+
+@pytest.fixture
+def pipeline() -> RecordingPipeline:
+    return RecordingPipeline()
+
+
+def test_settings_reach_the_pipeline_under_their_names(pipeline):
+    runner = PipelineRunner(pipeline)
+    settings = WebSettings(
+        prompt="a dog",
+        tags=("dog", "frisbee"),
+        steps=3,
+        guidance_scale=7.0,
+        seed=5,
+        color_fix="adain",
+        scale=2,
+        latent_tile_size=64,
+        process_size=128,
+    )
+    result = runner.upscale(Image.new("RGB", (10, 8)), settings)
+    call = pipeline.calls[-1]
+    assert call == {
+        "image_size": (10, 8),
+        "prompt": "a dog",
+        "added_prompt": settings.added_prompt,
+        "negative_prompt": settings.negative_prompt,
+        "tags": ["dog", "frisbee"],
+        "use_tags": True,
+        "num_inference_steps": 3,
+        "guidance_scale": 7.0,
+        "upscale": 2,
+        "process_size": 128,
+        "latent_tile_size": 64,
+        "color_fix": "adain",
+        "seed": 5,
+    }
+    assert result.image.size == (20, 16) and result.tags == ("dog", "frisbee")
+    assert result.prompt == "dog, frisbee, a dog," + settings.added_prompt
+
+
+def test_steps_are_reported_and_the_pipeline_is_left_untouched(pipeline):
+    seen: list[tuple[int, int]] = []
+    PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(steps=4), on_step=lambda *s: seen.append(s))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert "progress_bar" not in vars(pipeline)  # the per-call hook is removed again
+
+
+def test_cancel_stops_between_steps_and_releases_the_device(pipeline):
+    runner = PipelineRunner(pipeline)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_step(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 2:
+            stop.set()
+
+    with pytest.raises(RunCancelled):
+        runner.upscale(Image.new("RGB", (8, 8)), WebSettings(steps=10), on_step=on_step, should_stop=stop.is_set)
+    assert seen == [1, 2]
+    assert "progress_bar" not in vars(pipeline)
+    assert runner.lock.acquire(blocking=False)  # not left locked
+    runner.lock.release()
+
+
+def test_random_seed_is_resolved_before_the_call(pipeline):
+    result = PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(seed=None, steps=1))
+    assert isinstance(result.settings.seed, int) and pipeline.calls[-1]["seed"] == result.settings.seed
+
+
+def test_metadata_has_the_upscale_command_keys(pipeline):
+    result = PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(steps=1, use_tags=True))
+    metadata = result.metadata
+    assert metadata["prompt"] == result.prompt and metadata["tags"] == "dog, grass" and metadata["seed"] == "231"
+    record = json.loads(metadata["seesr"])
+    assert set(vars(UpscaleSettings())) <= set(record)  # every field `seesr upscale` records
+    assert record["interface"] == "web" and record["tags_source"] == "dape"
+    assert record["model"] == "release folder /models/seesr" and record["steps"] == 1
+
+
+def test_detect_tags(pipeline):
+    assert PipelineRunner(pipeline).detect_tags(Image.new("RGB", (8, 8))) == ["dog", "grass"]
+    with pytest.raises(UserInputError, match="without its DAPE tagger"):
+        PipelineRunner(SimpleNamespace(tagger=None)).detect_tags(Image.new("RGB", (8, 8)))

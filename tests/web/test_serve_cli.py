@@ -1,0 +1,74 @@
+"""``seesr serve`` argument handling: help, usage errors and failures reported before any model is loaded.
+
+Starting the server for real (model loading, serving, the page) is covered by ``test_browser.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from seesr.cli.main import main
+from seesr.cli.serve import _is_loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_help_lists_the_options(capsys):
+    assert main(["serve", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--model",
+        "--host",
+        "--port",
+        "--device",
+        "--max-upload-mb",
+        "--max-input-pixels",
+        "--process-size",
+    ):
+        assert option in text
+    assert "127.0.0.1" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "70000"], "--port must be between 1 and 65535"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+        (["--max-input-pixels", "0"], "--max-input-pixels must be a positive integer"),
+        (["--max-queue", "-1"], "--max-queue must be a positive integer"),
+        (["--process-size", "4"], "--process-size must be at least 8"),
+        (["--host", "no-such-host.invalid"], "is not an address of this machine"),
+        (["--device", "nope"], "--device nope:"),
+    ],
+)
+def test_usage_errors(argv, message, capsys):
+    port = [] if "--port" in argv else ["--port", str(_free_port())]
+    assert main(["serve", *port, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_port_in_use_fails_before_loading_the_model(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent"]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in error and "choose another --port" in error
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["serve", "--port", str(_free_port()), "--device", "cpu", "--model", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "seesr serve: error:" in error and "is not a SeeSR model folder" in error and "Traceback" not in error
+
+
+def test_loopback_detection():
+    assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.10")
