@@ -72,3 +72,14 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 def test_loopback_detection():
     assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.10")
+
+
+def test_without_gradio_the_command_says_which_extra_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real_find_spec(name, *a)
+    )
+    assert main(["serve"]) == 1
+    assert "pip install 'seesr[web]'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ The page logic lives in :class:`WebController`, which knows nothing about Gradio
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import shutil
@@ -81,8 +82,12 @@ class WebController:
         self.runner = runner
         self.limits = limits or WebLimits()
         self.defaults = defaults or WebSettings()
-        self.output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="seesr-web-"))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if output_dir is None:  # our own temporary folder: removed when the process exits
+            self.output_dir = Path(tempfile.mkdtemp(prefix="seesr-web-"))
+            atexit.register(shutil.rmtree, self.output_dir, ignore_errors=True)
+        else:
+            self.output_dir = Path(output_dir)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         self._stop_flags: dict[str, threading.Event] = {}
         self._flags_lock = threading.Lock()
 
@@ -149,6 +154,9 @@ class WebController:
         except RunCancelled:
             logger.info("run cancelled by the user")
             raise
+        finally:
+            with self._flags_lock:
+                self._stop_flags.pop(session, None)
         expected = (image.size[0] * settings.scale, image.size[1] * settings.scale)
         if result.image.size != expected:
             logger.warning("result is %s, expected %s; resizing", result.image.size, expected)
