@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 METRIC_HELP = """metrics (Table 2 of the paper; default: all that the mode allows):
@@ -44,7 +45,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, with_folders: bool) -> None:
+def add_eval_arguments(parser: Any, with_folders: bool, with_device: bool = True) -> None:
     """Options shared by ``seesr eval`` and ``seesr benchmark``."""
     if with_folders:
         parser.add_argument("--pred", required=True, metavar="DIR", help="folder of super-resolved images")
@@ -64,7 +65,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser, with_folders: bool) -> N
         metavar="N",
         help="pixels removed from each edge before PSNR/SSIM (default 0, as pyiqa and the paper's tables)",
     )
-    parser.add_argument("--device", default="auto", help="device for learned metrics: auto, cpu, cuda, cuda:1, mps")
+    if with_device:
+        parser.add_argument(
+            "--device", default="auto", help="device for learned metrics: auto, cpu, cuda, cuda:1, mps"
+        )
     parser.add_argument(
         "--offline",
         action="store_true",
@@ -84,11 +88,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser, with_folders: bool) -> N
 
 
 def evaluate_to_report(
-    args: argparse.Namespace, pred: str, gt: str | None, out: str, paper: Any = None, title: str = "seesr eval"
+    args: argparse.Namespace,
+    pred: str,
+    gt: str | None,
+    out: str,
+    paper: Any = None,
+    title: str = "seesr eval",
+    pred_files: list[Path] | None = None,
+    gt_files: list[Path] | None = None,
+    gt_label: Path | None = None,
 ) -> int:
-    """Run the evaluation described by ``args`` and write its report; returns the exit code."""
+    """Run the evaluation described by ``args`` and write its report; returns the exit code.
+
+    Folders ``pred``/``gt`` are listed unless explicit ``pred_files`` (and ``gt_files``, labelled ``gt_label``) are
+    given, as ``seesr benchmark`` does for datasets whose LR and HR images share a folder.
+    """
     from seesr.cli.main import CLIError
-    from seesr.evaluation.evaluate import evaluate_folders
+    from seesr.evaluation.evaluate import evaluate_files, evaluate_folders
     from seesr.evaluation.registry import MetricUnavailableError, is_offline
     from seesr.evaluation.report import format_value, write_report
     from seesr.utils.device import resolve_device
@@ -97,18 +113,20 @@ def evaluate_to_report(
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as error:
         raise CLIError(str(error), 2) from None
+    options = dict(
+        metrics=args.metrics,
+        crop_border=args.crop_border,
+        device=device,
+        allow_download=not is_offline(args.offline),
+        trust_weights=args.trust_metric_weights,
+        skip_unavailable=args.skip_unavailable,
+        progress=not args.quiet,
+    )
     try:
-        result = evaluate_folders(
-            pred,
-            gt,
-            metrics=args.metrics,
-            crop_border=args.crop_border,
-            device=device,
-            allow_download=not is_offline(args.offline),
-            trust_weights=args.trust_metric_weights,
-            skip_unavailable=args.skip_unavailable,
-            progress=not args.quiet,
-        )
+        if pred_files is not None:
+            result = evaluate_files(pred_files, gt_files, pred_label=Path(pred), gt_label=gt_label, **options)
+        else:
+            result = evaluate_folders(pred, gt, **options)
     except ValueError as error:
         raise CLIError(str(error), 2) from None
     except MetricUnavailableError as error:

@@ -33,7 +33,7 @@ from seesr.utils.images import ImageReadError, load_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "ImageRecord", "evaluate_folders"]
+__all__ = ["EvaluationResult", "ImageRecord", "evaluate_files", "evaluate_folders"]
 
 COLOUR_SETTING = "PSNR/SSIM on the Y channel of BT.601 YCbCr (Y in [16, 235], float64, unrounded)"
 
@@ -146,23 +146,57 @@ def evaluate_folders(
         ValueError: bad folders or metric names.
         MetricUnavailableError: a metric cannot be built and ``skip_unavailable`` is False.
     """
-    from tqdm.auto import tqdm
-
     pred_dir = Path(pred_dir)
     gt_path = Path(gt_dir) if gt_dir is not None else None
     for folder, role in ((pred_dir, "--pred"), (gt_path, "--gt")):
         if folder is not None and not folder.is_dir():
             raise ValueError(f"{role} {folder}: not a folder")
-    names = parse_metric_list(metrics, has_gt=gt_path is not None)
-    if crop_border < 0:
-        raise ValueError(f"--crop-border must be >= 0, got {crop_border}")
     pred_files = list_images(pred_dir)
     if not pred_files:
         raise ValueError(f"--pred {pred_dir}: no images found")
     gt_files = list_images(gt_path) if gt_path is not None else None
     if gt_files is not None and not gt_files:
         raise ValueError(f"--gt {gt_path}: no images found")
+    return evaluate_files(
+        pred_files,
+        gt_files,
+        pred_label=pred_dir,
+        gt_label=gt_path,
+        metrics=metrics,
+        crop_border=crop_border,
+        device=device,
+        allow_download=allow_download,
+        trust_weights=trust_weights,
+        skip_unavailable=skip_unavailable,
+        progress=progress,
+    )
 
+
+def evaluate_files(
+    pred_files: Sequence[Path],
+    gt_files: Sequence[Path] | None,
+    pred_label: Path,
+    gt_label: Path | None,
+    metrics: str | Sequence[str] | None = None,
+    crop_border: int = 0,
+    device: Any = "cpu",
+    allow_download: bool = True,
+    trust_weights: bool = False,
+    skip_unavailable: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """:func:`evaluate_folders` on explicit file lists (e.g. a dataset whose LR and HR images share a folder).
+
+    ``pred_label`` / ``gt_label`` name the sources in the report; ``gt_files=None`` is no-reference mode.
+    """
+    from tqdm.auto import tqdm
+
+    names = parse_metric_list(metrics, has_gt=gt_files is not None)
+    if crop_border < 0:
+        raise ValueError(f"--crop-border must be >= 0, got {crop_border}")
+    pred_dir, gt_path = Path(pred_label), (Path(gt_label) if gt_label is not None else None)
+    if gt_files is not None and gt_path is None:
+        raise ValueError("gt_label is required with gt_files")
     pairing = pair_files(pred_files, gt_files)
     result = EvaluationResult(pred_dir=pred_dir, gt_dir=gt_path, metrics=names, records=[])
     result.problems.extend(pairing.problems)

@@ -1,0 +1,170 @@
+"""``seesr benchmark``: upscale a test set's LR images (resumable), then ``seesr eval`` them against its HR images.
+
+See :mod:`seesr.evaluation.benchmark` for the dataset layouts and the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from seesr.cli.eval import add_eval_arguments
+from seesr.evaluation.benchmark import PAPER_ROW_NAMES, PAPER_TABLE2, paper_table_text
+
+EPILOG = f"""SeeSR's rows of Table 2 (x4, 50 DDPM steps); (*) = not legible in the paper text this package used:
+{paper_table_text()}
+
+Datasets: DIV2K-Val = 3,000 random 512x512 DIV2K-validation crops degraded like the training data;
+RealSR / DRealSR = the StableSR test sets (LR 128x128 centre crops, HR 512x512; Hugging Face dataset
+Iceclear/StableSR-TestSets); RealLR200 = real LR photos without ground truth (no-reference metrics only).
+Sampling is stochastic: expect agreement within a few percent.
+
+layouts detected under --dataset: LR/+HR/, lr/+gt/, LQ/+GT/, lq/+hq/, test_LR/+test_HR/, input/+target/,
+RealSR names (*_LR4.png beside *_HR.png, searched recursively), or a folder of LR images (no reference).
+
+output (--out): sr/ (the upscaled images; rerunning skips those already there), report/ (seesr eval's
+per_image.csv, summary.json, summary.md with the paper's row beside ours, per_image.png), benchmark.json.
+
+example:
+  seesr benchmark --dataset StableSR-TestSets/RealSRVal_crop128 --out runs/realsr --seed 0
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="reproduce a row of the paper's Table 2: upscale a dataset's LR images, then evaluate against HR",
+        description=(
+            "Run SeeSR on the LR images of a test set (resumable: existing outputs are kept) and evaluate the results "
+            "against its HR images with seesr eval, next to the paper's numbers."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", required=True, metavar="DIR", help="test-set folder (see the layouts below)")
+    parser.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="output folder (sr/, report/, benchmark.json)"
+    )
+    parser.add_argument(
+        "--lr-dir", metavar="DIR", help="LR folder, overriding the detection (relative to --dataset or not)"
+    )
+    parser.add_argument("--hr-dir", metavar="DIR", help="HR folder, overriding the detection (may equal --lr-dir)")
+    parser.add_argument(
+        "--paper-row",
+        choices=[*PAPER_TABLE2, "none"],
+        default=None,
+        help="which row of Table 2 to compare with (default: guessed from the dataset folder name)",
+    )
+    upscale = parser.add_argument_group("upscaling (passed to seesr upscale; unset = its defaults)")
+    upscale.add_argument("--model", metavar="PATH", help="model folder (default: the files fetched by seesr download)")
+    upscale.add_argument("--scale", type=int, help="upscaling factor (seesr upscale default: 4)")
+    upscale.add_argument("--steps", type=int, help="sampling steps (default: 50, as the paper)")
+    upscale.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 5.5)")
+    upscale.add_argument(
+        "--seed", type=int, default=0, help="seed for every image, for reproducible runs (default: 0)"
+    )
+    upscale.add_argument("--color-fix", choices=("adain", "wavelet", "none"), help="colour fix (default: adain)")
+    upscale.add_argument("--process-size", type=int, help="minimum processing size in pixels (default: 512)")
+    upscale.add_argument("--latent-tile-size", help="latent tile side or 'auto' (default: 96)")
+    upscale.add_argument("--device", default=None, help="device for upscaling and learned metrics (default: best)")
+    upscale.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), help="precision (default: fp32 on CPU, fp16 on GPU)"
+    )
+    upscale.add_argument("--eval-only", action="store_true", help="do not upscale; evaluate what is already in OUT/sr")
+    evaluation = parser.add_argument_group("evaluation (as seesr eval)")
+    add_eval_arguments(evaluation, with_folders=False, with_device=False)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _upscale_argv(args: argparse.Namespace, inputs: list[str], sr_dir: Path) -> list[str]:
+    argv = ["upscale", *inputs, "-o", str(sr_dir), "--skip-existing", "--seed", str(args.seed)]
+    for flag, value in (
+        ("--model", args.model),
+        ("--scale", args.scale),
+        ("--steps", args.steps),
+        ("--guidance", args.guidance),
+        ("--color-fix", args.color_fix),
+        ("--process-size", args.process_size),
+        ("--latent-tile-size", args.latent_tile_size),
+        ("--device", args.device),
+        ("--dtype", args.dtype),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.quiet:
+        argv.append("--quiet")
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    from seesr.cli.eval import evaluate_to_report
+    from seesr.cli.main import CLIError, main
+    from seesr.evaluation.benchmark import detect_layout, guess_paper_row
+    from seesr.evaluation.pairing import list_images
+    from seesr.utils.images import write_text_atomic
+
+    # 1. Find the LR inputs and HR references.
+    try:
+        layout = detect_layout(args.dataset, args.lr_dir, args.hr_dir)
+    except ValueError as error:
+        raise CLIError(str(error), 2) from None
+    row_key = guess_paper_row(args.dataset) if args.paper_row is None else args.paper_row
+    paper = {k: v for k, v in PAPER_TABLE2.get(row_key or "", {}).items() if v is not None} or None
+    out = Path(args.out)
+    sr_dir, report_dir = out / "sr", out / "report"
+    hr_note = f"{len(layout.hr_files)} HR" if layout.hr_files is not None else "no HR (no-reference)"
+    if not args.quiet:
+        print(f"dataset: {layout.description}: {len(layout.lr_files)} LR, {hr_note}")  # noqa: T201
+        for note in layout.notes:
+            print(f"note: {note}")  # noqa: T201
+
+    # 2. Upscale (resumable: --skip-existing keeps outputs from an interrupted run).
+    upscale_code = 0
+    argv: list[str] = []
+    if not args.eval_only:
+        inputs = [str(layout.lr_dir)] if layout.lr_dir is not None else [str(path) for path in layout.lr_files]
+        argv = _upscale_argv(args, inputs, sr_dir)
+        upscale_code = main(argv)
+        if upscale_code == 2:
+            raise CLIError("seesr upscale rejected the settings (see above)", 2)
+    if not sr_dir.is_dir() or not list_images(sr_dir):
+        raise CLIError(
+            f"no upscaled images in {sr_dir}" + (" (run without --eval-only first)" if args.eval_only else ""), 1
+        )
+    if upscale_code != 0:
+        message = f"warning: some images could not be upscaled (exit {upscale_code}); evaluating the others"
+        print(message, file=sys.stderr)  # noqa: T201
+
+    # 3. Evaluate against HR (or with no-reference metrics only).
+    metrics_given = args.metrics is not None
+    if layout.hr_files is None and not metrics_given:
+        args.metrics = "niqe,maniqa,musiq,clipiqa"
+    title = f"seesr benchmark: {PAPER_ROW_NAMES.get(row_key or '', Path(args.dataset).name)}"
+    code = evaluate_to_report(
+        args,
+        str(sr_dir),
+        None,
+        str(report_dir),
+        paper=paper,
+        title=title,
+        pred_files=list_images(sr_dir),
+        gt_files=layout.hr_files,
+        gt_label=layout.hr_dir or layout.root,
+    )
+    record = {
+        "dataset": str(Path(args.dataset).resolve()),
+        "layout": layout.description,
+        "lr_images": len(layout.lr_files),
+        "hr_images": len(layout.hr_files) if layout.hr_files is not None else None,
+        "paper_row": row_key,
+        "paper": PAPER_TABLE2.get(row_key or ""),
+        "upscale_command": ["seesr", *argv] if argv else None,
+        "upscale_exit_code": upscale_code,
+        "report": str(report_dir / "summary.json"),
+    }
+    write_text_atomic(json.dumps(record, indent=2) + "\n", out / "benchmark.json")
+    return code if upscale_code == 0 else 1
