@@ -30,7 +30,14 @@ def prepared(hr_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("paired") / "set"
     prepare_dataset(
         PrepareOptions(
-            gt_dirs=[hr_folder], out=out, size=64, min_pixels=0, min_file_bytes=0, device="cpu", progress=False
+            gt_dirs=[hr_folder],
+            out=out,
+            size=64,
+            min_pixels=0,
+            min_file_bytes=0,
+            device="cpu",
+            tags=False,
+            progress=False,
         )
     )
     for index, stem in enumerate(sorted(p.stem for p in (out / "gt").glob("*.png"))):

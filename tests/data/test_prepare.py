@@ -28,6 +28,7 @@ def options(hr_folder: Path, out: Path, **changes) -> PrepareOptions:
         min_pixels=0,
         min_file_bytes=0,
         device="cpu",
+        tags=False,
         progress=False,
     )
     values.update(changes)

@@ -19,8 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="make a paired training set (GT crops, degraded LR, tags) from HR photos",
         description=(
             "Crop (or resize) HR photos, sharpen them (USM), degrade them with the Real-ESRGAN second-order model "
-            "and write OUT/gt, OUT/lr, OUT/sr_bicubic (LR bicubic-upscaled, what stage-2 training reads) and, with "
-            "--tagger, OUT/tag/<name>.txt from the plain RAM model. Files are named 0000001.png, ... "
+            "and write OUT/gt, OUT/lr, OUT/sr_bicubic (LR bicubic-upscaled, what stage-2 training reads) and "
+            "OUT/tag/<name>.txt (tags of the GT from the plain RAM model, unless --no-tags). Files are named 0000001.png, ... "
             "Interrupted runs resume where they stopped when re-run with the same options."
         ),
     )
@@ -48,8 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--tagger",
         metavar="PATH",
-        help="RAM checkpoint ram_swin_large_14m.pth (or its folder) used to tag the GT images, as the official "
-        "make_tags.py does (plain RAM, no DAPE)",
+        help="RAM checkpoint ram_swin_large_14m.pth, or a folder holding it (a release bundle works), used to tag "
+        "the GT images as the official make_tags.py does (plain RAM, no DAPE LoRA); default: the RAM file in the "
+        "Hugging Face cache (`seesr download`)",
     )
     parser.add_argument("--no-tags", action="store_true", help="do not write tag/ (training then needs tags later)")
     parser.add_argument(
@@ -70,11 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from seesr.data.prepare import PrepareError, PrepareOptions, prepare_dataset
 
-    if args.tagger is None and not args.no_tags:
-        raise CLIError(
-            "tags need a RAM checkpoint: pass --tagger PATH/ram_swin_large_14m.pth, or --no-tags to skip them",
-            EXIT_USAGE,
-        )
     if args.tagger is not None and args.no_tags:
         raise CLIError("--tagger and --no-tags contradict each other", EXIT_USAGE)
     if args.tagger is not None and not Path(args.tagger).exists():
@@ -91,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         min_pixels=args.min_pixels,
         min_file_bytes=int(args.min_file_kib * 1024),
         device=args.device,
-        tagger=None if args.no_tags else Path(args.tagger),
+        tags=not args.no_tags,
+        tagger=None if args.tagger is None else Path(args.tagger),
         tag_batch_size=args.tag_batch_size,
     )
     try:

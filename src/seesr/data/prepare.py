@@ -57,7 +57,8 @@ class PrepareOptions:
     ``mode``: ``"crop512"`` (stage-2 data: flip, reflect pad, random ``size`` crop) or ``"resize512"`` (DAPE data:
     the whole image LANCZOS-resized to ``size``). ``size`` is the GT side (512 officially). ``epochs`` passes over
     the sources, each with fresh random crops/degradations. Sources under ``min_pixels`` pixels or
-    ``min_file_bytes`` bytes are skipped. ``tagger``: the RAM checkpoint used to write ``tag/`` (None: no tags).
+    ``min_file_bytes`` bytes are skipped. ``tags``: write ``tag/`` with the plain RAM teacher read from ``tagger``
+    (see :func:`resolve_teacher_source`; None = the RAM file in the Hugging Face cache).
     """
 
     gt_dirs: Sequence[Path]
@@ -71,6 +72,7 @@ class PrepareOptions:
     min_pixels: int = MIN_PIXELS
     min_file_bytes: int = MIN_FILE_BYTES
     device: str = "cpu"
+    tags: bool = True
     tagger: Path | None = None
     tag_batch_size: int = 8
     progress: bool = True
@@ -215,31 +217,44 @@ def _tag_missing(out: Path, options: PrepareOptions, report: PrepareReport, load
             bar.update(len(chunk))
 
 
-def load_teacher_tagger(path: Path, device: torch.device) -> Any:
-    """The plain RAM teacher (no DAPE LoRA), fp32, from ``ram_swin_large_14m.pth`` or the folder holding it.
+def resolve_teacher_source(path: Path | None) -> Any:
+    """Where the plain RAM teacher comes from, as a :class:`seesr.tagger.loading.TaggerSource` with no DAPE LoRA.
 
-    A folder with a ``configs/`` sub-folder (RAM's config files) is read as a non-standard (e.g. tiny) RAM. Other
-    folders are handed to :func:`seesr.tagger.loading.load_tagger` (a converted tagger folder).
+    ``path``: ``ram_swin_large_14m.pth`` itself (a ``configs/`` folder beside it marks a non-standard size, e.g. the
+    tiny test RAM), any folder :func:`seesr.tagger.loading.resolve_tagger_source` understands (release bundle,
+    folder holding the checkpoint, converted tagger folder), or None for the RAM file in the Hugging Face cache.
+    Raises :class:`PrepareError` when nothing is found.
     """
+    from seesr.tagger.loading import TaggerNotFoundError, TaggerSource, default_tagger_source, resolve_tagger_source
+
+    try:
+        if path is None:
+            source = default_tagger_source()
+        elif Path(path).is_file():
+            configs = Path(path).parent / "configs"
+            source = TaggerSource(ram_path=Path(path), config_dir=configs if configs.is_dir() else None)
+        else:
+            source = resolve_tagger_source(path)
+    except TaggerNotFoundError as error:
+        raise PrepareError(f"no RAM checkpoint for the tags: {error} (or pass --no-tags)") from None
+    if source.pretrained_dir is not None:
+        logger.warning(
+            "%s is a converted tagger folder: it is used as is; the official tags come from plain RAM (no DAPE "
+            "LoRA), so prefer ram_swin_large_14m.pth",
+            source.pretrained_dir,
+        )
+        return source
+    return TaggerSource(ram_path=source.ram_path, dape_path=None, config_dir=source.config_dir)
+
+
+def load_teacher_tagger(source: Any, device: torch.device) -> Any:
+    """The teacher tagger (float32, eval) from a source given by :func:`resolve_teacher_source`."""
     from seesr.tagger.dape import DAPETagger
 
-    path = Path(path)
-    checkpoint = None
-    if path.is_file():
-        checkpoint = path
-    elif (path / "ram_swin_large_14m.pth").is_file():
-        checkpoint = path / "ram_swin_large_14m.pth"
-    if checkpoint is not None:
-        config_dir = checkpoint.parent / "configs"
-        tagger = DAPETagger.from_ram_checkpoints(
-            checkpoint, dape_path=None, config_dir=config_dir if config_dir.is_dir() else None
-        )
-    elif path.is_dir():
-        from seesr.tagger.loading import load_tagger
-
-        tagger = load_tagger(path)
+    if source.pretrained_dir is not None:
+        tagger = DAPETagger.from_pretrained(source.pretrained_dir, torch_dtype=torch.float32)
     else:
-        raise PrepareError(f"--tagger {path}: no such file or folder")
+        tagger = DAPETagger.from_ram_checkpoints(source.ram_path, dape_path=None, config_dir=source.config_dir)
     return tagger.to(device=device, dtype=torch.float32).eval()
 
 
@@ -268,6 +283,7 @@ def prepare_dataset(
     except ValueError as error:
         raise PrepareError(str(error)) from None
 
+    teacher = resolve_teacher_source(options.tagger) if options.tags else None  # fail before the long part
     out = Path(options.out)
     report = PrepareReport()
     sources_paths = _usable_sources(options, report)
@@ -305,6 +321,6 @@ def prepare_dataset(
                 if on_item_written is not None:
                     on_item_written(name)
 
-    if options.tagger is not None:
-        _tag_missing(out, options, report, lambda: load_teacher_tagger(options.tagger, device))
+    if options.tags:
+        _tag_missing(out, options, report, lambda: load_teacher_tagger(teacher, device))
     return report
