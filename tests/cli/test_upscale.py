@@ -1,0 +1,176 @@
+"""`seesr upscale` end to end on the tiny bundle: fixture D parity, the bad-input corpus, metadata, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seesr.cli.main import main
+from tests.conftest import TINY
+from tests.pipeline.helpers import assert_png_close, case_settings, small_lr, tiny_pipeline
+from tests.weights.helpers import fresh_hf_cache, no_network  # noqa: F401 (fixtures)
+
+FAST = ["--steps", "1", "--process-size", "32", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("case", [1, 2])
+def test_fixture_d_through_the_cli(case, tmp_path):
+    s = case_settings(case)["settings"]
+    lr = TINY / f"pipeline_case{case}_lr.png"
+    argv = [
+        "upscale", str(lr), "-o", str(tmp_path), "--model", str(TINY),
+        "--scale", str(s["upscale"]), "--steps", str(s["num_inference_steps"]), "--guidance", str(s["guidance_scale"]),
+        "--seed", str(s["seed"]), "--prompt", s["prompt"], "--added-prompt", s["added_prompt"],
+        "--negative-prompt", s["negative_prompt"], "--color-fix", s["align_method"],
+        "--process-size", str(s["process_size"]), "--latent-tile-size", str(s["latent_tiled_size"]),
+        "--latent-tile-overlap", str(s["latent_tiled_overlap"]), "--conditioning-scale", str(s["conditioning_scale"]),
+        "--start-point", s["start_point"], "--device", "cpu", "--dtype", "fp32", "--quiet",
+    ]
+    assert main(argv) == 0
+    written = Image.open(tmp_path / f"pipeline_case{case}_lr.png")
+    assert_png_close(written.convert("RGB"), Image.open(TINY / f"pipeline_case{case}_output.png").convert("RGB"))
+    # the prompt and every setting are embedded as PNG text
+    assert written.text["prompt"] == case_settings(case)["prompt"]
+    assert written.text["seed"] == str(s["seed"])
+    record = json.loads(written.text["seesr"])
+    assert record["steps"] == s["num_inference_steps"] and record["process_size"] == s["process_size"]
+    assert record["latent_tile_size"] == s["latent_tiled_size"] and record["color_fix"] == "adain"
+    assert record["dtype"] == "fp32" and "release folder" in record["model"]
+
+
+def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def _bad_input_corpus(folder):
+    folder.mkdir()
+    base = small_lr(0, (12, 10))
+    base.save(folder / "good.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (folder / "truncated.jpg").write_bytes(_jpeg_bytes(small_lr(1, (64, 48)))[:400])
+    (folder / "notes.png").write_text("this is not an image\n")
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray((np.arange(120, dtype=np.uint16).reshape(10, 12) * 500)).save(folder / "gray16.png")
+    base.convert("CMYK").save(folder / "cmyk.jpg")
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 12, dtype=np.uint8), (10, 1))))
+    rgba.save(folder / "alpha.png")
+    base.convert("L").save(folder / "gray.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    (folder / "rotated.jpg").write_bytes(_jpeg_bytes(base, exif=exif.tobytes()))
+    small_lr(2, (120, 100)).save(folder / "huge.png")  # 12000 pixels > --max-input-pixels 5000
+
+
+def test_bad_input_corpus_in_one_call(tmp_path, capsys):
+    _bad_input_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--model", str(TINY), *FAST,
+                 "--max-input-pixels", "5000"])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "Traceback" not in captured.err
+    failed = {"corrupt.png", "truncated.jpg", "notes.png", "empty.png", "huge.png"}
+    assert captured.err.count("error: ") == len(failed), captured.err  # one line per bad file
+    for name in failed:
+        assert f"error: {tmp_path / 'in' / name}: " in captured.err, name
+        assert not (out / name.replace(".jpg", ".png")).exists()
+    assert "empty file" in captured.err and "exceeds the limit of 5000" in captured.err
+    assert "6 written, 0 skipped, 5 failed" in captured.out
+    # the others were handled
+    assert Image.open(out / "good.png").size == (48, 40)
+    assert Image.open(out / "gray16.png").mode == "RGB"
+    assert Image.open(out / "cmyk.png").mode == "RGB"
+    assert Image.open(out / "gray.png").size == (48, 40)
+    alpha = Image.open(out / "alpha.png")
+    assert alpha.mode == "RGBA" and alpha.size == (48, 40)
+    channel = np.asarray(alpha.getchannel("A")).astype(int)
+    assert channel[:, 0].mean() < 40 and channel[:, -1].mean() > 215  # alpha upscaled, not dropped
+    assert Image.open(out / "rotated.png").size == (40, 48)  # EXIF orientation applied before upscaling
+    # no seed given: each image got its own random seed, recorded in the metadata
+    seeds = {Image.open(out / f"{name}.png").text["seed"] for name in ("good", "gray", "cmyk", "alpha")}
+    assert all(seed.isdigit() for seed in seeds) and len(seeds) > 1
+
+
+def test_output_folder_is_the_input_folder(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    small_lr(0, (12, 10)).save(folder / "a.png")
+    original = (folder / "a.png").read_bytes()
+    assert main(["upscale", str(folder / "a.png"), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5"]) == 0
+    assert (folder / "a.png").read_bytes() == original
+    assert Image.open(folder / "a_x4.png").size == (48, 40)
+    assert main(["upscale", str(folder / "a.png"), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5",
+                 "--skip-existing"]) == 0
+    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_converted_bundle_gives_identical_output(tmp_path):
+    bundle = tmp_path / "bundle"
+    tiny_pipeline().save_pretrained(bundle)
+    small_lr(0, (12, 10)).save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", str(bundle), *FAST,
+                 "--seed", "11", "--no-tags", "--color-fix", "wavelet", "--start-point", "noise", "--quiet"]) == 0
+    expected = tiny_pipeline()(small_lr(0, (12, 10)), num_inference_steps=1, process_size=32, seed=11, use_tags=False,
+                               color_fix="wavelet", start_point="noise")
+    written = Image.open(tmp_path / "out" / "a.png")
+    assert np.array_equal(np.asarray(written), np.asarray(expected.images[0]))
+    assert written.text["prompt"] == ", ,clean, high-resolution, 8k" and written.text["tags"] == ""
+    assert "converted bundle" in json.loads(written.text["seesr"])["model"]
+
+
+def test_offline_without_weights_is_a_clear_error(tmp_path, fresh_hf_cache, no_network, capsys):
+    small_lr().save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "CSWRY/SeeSR: seesr/unet/diffusion_pytorch_model.safetensors" in err
+    assert "seesr download" in err and "--model FOLDER" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--latent-tile-size", "big"],
+        ["--latent-tile-size", "8", "--latent-tile-overlap", "8"],
+        ["--color-fix", "histogram"],
+        ["--scale", "0"],
+        ["--dtype", "fp8"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, extra):
+    small_lr().save(tmp_path / "a.png")
+    assert main(["upscale", str(tmp_path / "a.png"), "--model", str(TINY), *extra]) == 2
+
+
+def test_no_inputs_is_a_usage_error(tmp_path, capsys):
+    assert main(["upscale", str(tmp_path / "nothing*.png"), "--model", str(TINY)]) == 2
+    assert "no input images" in capsys.readouterr().err
+    (tmp_path / "empty_dir").mkdir()
+    assert main(["upscale", str(tmp_path / "empty_dir")]) == 2
+
+
+def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsys):
+    small_lr().save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"),
+                 "--model", str(TINY), *FAST, "--seed", "1", "--quiet"])
+    assert code == 1
+    assert (tmp_path / "out" / "a.png").exists()
+    assert "b.png: no such file" in capsys.readouterr().err
+
+
+def test_help_lists_exactly_the_documented_flags(capsys):
+    assert main(["upscale", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--scale", "--steps", "--guidance", "--seed", "--prompt", "--added-prompt",
+                 "--negative-prompt", "--no-tags", "--color-fix", "--process-size", "--latent-tile-size",
+                 "--latent-tile-overlap", "--conditioning-scale", "--start-point", "--device", "--dtype",
+                 "--skip-existing", "--quiet", "--max-input-pixels", "--output"):
+        assert flag in text, flag
