@@ -56,7 +56,17 @@ def image_seed(seed: int, name: str, variant: int = 0) -> list[int]:
     return [seed & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8")), variant]
 
 
+def _require_scipy() -> None:
+    try:
+        import scipy.special  # noqa: F401  (Bessel J1 of the sinc kernels)
+    except ImportError:
+        raise CLIError(
+            "the degradation needs scipy; install the training extra: pip install 'seesr[train]'", EXIT_FAILURE
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _require_scipy()
     import torch
     from tqdm.auto import tqdm
 

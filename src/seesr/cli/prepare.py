@@ -68,7 +68,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _require_scipy() -> None:
+    try:
+        import scipy.special  # noqa: F401  (Bessel J1 of the sinc kernels)
+    except ImportError:
+        raise CLIError(
+            "the degradation needs scipy; install the training extra: pip install 'seesr[train]'", EXIT_FAILURE
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _require_scipy()
     from seesr.data.prepare import PrepareError, PrepareOptions, prepare_dataset
 
     if args.tagger is not None and args.no_tags:
@@ -95,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         report = prepare_dataset(options)
     except PrepareError as error:
         raise CLIError(str(error), EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print("seesr prepare: stopped; run the same command again to resume", file=sys.stderr)  # noqa: T201
+        raise
     for message in report.skipped_sources:
         print(f"seesr prepare: skipped {message}", file=sys.stderr)  # noqa: T201
     for message in report.failed:
