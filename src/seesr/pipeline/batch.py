@@ -27,7 +27,7 @@ from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, load_im
 
 logger = logging.getLogger(__name__)
 
-MIN_RETRY_TILE = 16
+MIN_RETRY_TILE = 8
 
 
 @dataclass
@@ -161,7 +161,8 @@ def _upscale_with_retries(pipe: Any, image: Image.Image, settings: UpscaleSettin
                 current = tile if isinstance(tile, int) else _resolved_auto_tile(pipe)
                 width, height = process_size_for(*image.size, settings.scale, settings.process_size)
                 factor = getattr(pipe, "vae_scale_factor", 8)
-                current = min(current, max(height // factor, width // factor))
+                # a tile as large as the latent's short side means no real tiling: start halving from there
+                current = min(current, height // factor, width // factor)
                 if current // 2 < MIN_RETRY_TILE:
                     raise
                 tile = current // 2

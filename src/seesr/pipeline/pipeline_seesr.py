@@ -549,9 +549,11 @@ class SeeSRPipeline(DiffusionPipeline):
         control = torch.from_numpy(control_array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
         control_batch = torch.cat([control, control]) if do_cfg else control
 
-        # 5. Timesteps (DDPM, "leading" spacing + steps_offset: 981, 961, …, 1 for 50 steps)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 5. Timesteps (DDPM, "leading" spacing + steps_offset: 981, 961, …, 1 for 50 steps). The scheduler keeps
+        #    its schedule on the CPU so that its step() never waits for the accelerator; the models get device copies.
+        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
         timesteps = self.scheduler.timesteps
+        model_timesteps = timesteps.to(device)
 
         # 6. Initial noise ε from the per-image generator
         if generator is None:
@@ -609,12 +611,12 @@ class SeeSRPipeline(DiffusionPipeline):
             )
         step_predictions, step_latents = [], []
         with self.progress_bar(total=len(timesteps)) as progress:
-            for timestep in timesteps:
+            for index, timestep in enumerate(timesteps.tolist()):
                 noise_pred = denoise_step(
                     self.unet,
                     self.controlnet,
                     latents,
-                    timestep,
+                    model_timesteps[index],
                     prompt_embeds,
                     image_embeds,
                     control_batch,
