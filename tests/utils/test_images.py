@@ -114,3 +114,15 @@ def test_iter_image_files_expands_folders_and_globs(tmp_path):
     files, problems = iter_image_files([tmp_path, str(tmp_path / "*.png"), tmp_path / "missing.png"])
     assert [f.name for f in files] == ["a.jpg", "b.png"]
     assert len(problems) == 1 and "missing.png" in problems[0]
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = save_image_atomic(_photo(), tmp_path / "p.png")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

@@ -158,6 +158,14 @@ def iter_image_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], l
     return unique, problems
 
 
+def _publish(temporary: str, destination: Path) -> None:
+    """Give the temporary file normal permissions (mkstemp makes it 0600) and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, destination)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -201,7 +209,7 @@ def save_image_atomic(
             image.save(stream, format=file_format, **save_kwargs)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, destination)
+        _publish(temporary, destination)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -217,7 +225,7 @@ def write_text_atomic(text: str, destination: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        os.replace(temporary, destination)
+        _publish(temporary, destination)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
