@@ -12,7 +12,6 @@ from PIL import Image
 from seesr.cli.main import main
 from tests.conftest import TINY
 from tests.pipeline.helpers import assert_png_close, case_settings, small_lr, tiny_pipeline
-from tests.weights.helpers import fresh_hf_cache, no_network  # noqa: F401 (fixtures)
 
 FAST = ["--steps", "1", "--process-size", "32", "--device", "cpu"]
 
@@ -22,13 +21,43 @@ def test_fixture_d_through_the_cli(case, tmp_path):
     s = case_settings(case)["settings"]
     lr = TINY / f"pipeline_case{case}_lr.png"
     argv = [
-        "upscale", str(lr), "-o", str(tmp_path), "--model", str(TINY),
-        "--scale", str(s["upscale"]), "--steps", str(s["num_inference_steps"]), "--guidance", str(s["guidance_scale"]),
-        "--seed", str(s["seed"]), "--prompt", s["prompt"], "--added-prompt", s["added_prompt"],
-        "--negative-prompt", s["negative_prompt"], "--color-fix", s["align_method"],
-        "--process-size", str(s["process_size"]), "--latent-tile-size", str(s["latent_tiled_size"]),
-        "--latent-tile-overlap", str(s["latent_tiled_overlap"]), "--conditioning-scale", str(s["conditioning_scale"]),
-        "--start-point", s["start_point"], "--device", "cpu", "--dtype", "fp32", "--quiet",
+        "upscale",
+        str(lr),
+        "-o",
+        str(tmp_path),
+        "--model",
+        str(TINY),
+        "--scale",
+        str(s["upscale"]),
+        "--steps",
+        str(s["num_inference_steps"]),
+        "--guidance",
+        str(s["guidance_scale"]),
+        "--seed",
+        str(s["seed"]),
+        "--prompt",
+        s["prompt"],
+        "--added-prompt",
+        s["added_prompt"],
+        "--negative-prompt",
+        s["negative_prompt"],
+        "--color-fix",
+        s["align_method"],
+        "--process-size",
+        str(s["process_size"]),
+        "--latent-tile-size",
+        str(s["latent_tiled_size"]),
+        "--latent-tile-overlap",
+        str(s["latent_tiled_overlap"]),
+        "--conditioning-scale",
+        str(s["conditioning_scale"]),
+        "--start-point",
+        s["start_point"],
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--quiet",
     ]
     assert main(argv) == 0
     written = Image.open(tmp_path / f"pipeline_case{case}_lr.png")
@@ -56,7 +85,7 @@ def _bad_input_corpus(folder):
     (folder / "truncated.jpg").write_bytes(_jpeg_bytes(small_lr(1, (64, 48)))[:400])
     (folder / "notes.png").write_text("this is not an image\n")
     (folder / "empty.png").write_bytes(b"")
-    Image.fromarray((np.arange(120, dtype=np.uint16).reshape(10, 12) * 500)).save(folder / "gray16.png")
+    Image.fromarray(np.arange(120, dtype=np.uint16).reshape(10, 12) * 500).save(folder / "gray16.png")
     base.convert("CMYK").save(folder / "cmyk.jpg")
     rgba = base.convert("RGBA")
     rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 12, dtype=np.uint8), (10, 1))))
@@ -71,8 +100,9 @@ def _bad_input_corpus(folder):
 def test_bad_input_corpus_in_one_call(tmp_path, capsys):
     _bad_input_corpus(tmp_path / "in")
     out = tmp_path / "out"
-    code = main(["upscale", str(tmp_path / "in"), "-o", str(out), "--model", str(TINY), *FAST,
-                 "--max-input-pixels", "5000"])
+    code = main(
+        ["upscale", str(tmp_path / "in"), "-o", str(out), "--model", str(TINY), *FAST, "--max-input-pixels", "5000"]
+    )
     captured = capsys.readouterr()
     assert code == 1, captured.err
     assert "Traceback" not in captured.err
@@ -106,8 +136,23 @@ def test_output_folder_is_the_input_folder(tmp_path, capsys):
     assert main(["upscale", str(folder / "a.png"), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5"]) == 0
     assert (folder / "a.png").read_bytes() == original
     assert Image.open(folder / "a_x4.png").size == (48, 40)
-    assert main(["upscale", str(folder / "a.png"), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5",
-                 "--skip-existing"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(folder / "a.png"),
+                "-o",
+                str(folder),
+                "--model",
+                str(TINY),
+                *FAST,
+                "--seed",
+                "5",
+                "--skip-existing",
+            ]
+        )
+        == 0
+    )
     assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().out
 
 
@@ -115,10 +160,37 @@ def test_converted_bundle_gives_identical_output(tmp_path):
     bundle = tmp_path / "bundle"
     tiny_pipeline().save_pretrained(bundle)
     small_lr(0, (12, 10)).save(tmp_path / "a.png")
-    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", str(bundle), *FAST,
-                 "--seed", "11", "--no-tags", "--color-fix", "wavelet", "--start-point", "noise", "--quiet"]) == 0
-    expected = tiny_pipeline()(small_lr(0, (12, 10)), num_inference_steps=1, process_size=32, seed=11, use_tags=False,
-                               color_fix="wavelet", start_point="noise")
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "a.png"),
+                "-o",
+                str(tmp_path / "out"),
+                "--model",
+                str(bundle),
+                *FAST,
+                "--seed",
+                "11",
+                "--no-tags",
+                "--color-fix",
+                "wavelet",
+                "--start-point",
+                "noise",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    expected = tiny_pipeline()(
+        small_lr(0, (12, 10)),
+        num_inference_steps=1,
+        process_size=32,
+        seed=11,
+        use_tags=False,
+        color_fix="wavelet",
+        start_point="noise",
+    )
     written = Image.open(tmp_path / "out" / "a.png")
     assert np.array_equal(np.asarray(written), np.asarray(expected.images[0]))
     assert written.text["prompt"] == ", ,clean, high-resolution, 8k" and written.text["tags"] == ""
@@ -159,8 +231,21 @@ def test_no_inputs_is_a_usage_error(tmp_path, capsys):
 
 def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsys):
     small_lr().save(tmp_path / "a.png")
-    code = main(["upscale", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"),
-                 "--model", str(TINY), *FAST, "--seed", "1", "--quiet"])
+    code = main(
+        [
+            "upscale",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(TINY),
+            *FAST,
+            "--seed",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 1
     assert (tmp_path / "out" / "a.png").exists()
     assert "b.png: no such file" in capsys.readouterr().err
@@ -169,8 +254,27 @@ def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsy
 def test_help_lists_exactly_the_documented_flags(capsys):
     assert main(["upscale", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--model", "--scale", "--steps", "--guidance", "--seed", "--prompt", "--added-prompt",
-                 "--negative-prompt", "--no-tags", "--color-fix", "--process-size", "--latent-tile-size",
-                 "--latent-tile-overlap", "--conditioning-scale", "--start-point", "--device", "--dtype",
-                 "--skip-existing", "--quiet", "--max-input-pixels", "--output"):
+    for flag in (
+        "--model",
+        "--scale",
+        "--steps",
+        "--guidance",
+        "--seed",
+        "--prompt",
+        "--added-prompt",
+        "--negative-prompt",
+        "--no-tags",
+        "--color-fix",
+        "--process-size",
+        "--latent-tile-size",
+        "--latent-tile-overlap",
+        "--conditioning-scale",
+        "--start-point",
+        "--device",
+        "--dtype",
+        "--skip-existing",
+        "--quiet",
+        "--max-input-pixels",
+        "--output",
+    ):
         assert flag in text, flag

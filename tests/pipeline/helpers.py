@@ -11,7 +11,7 @@ from PIL import Image
 from tests.conftest import TINY
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_pipeline():
     """The tiny release bundle loaded once per test session (CPU, fp32, with the DAPE tagger). Do not mutate."""
     from seesr.pipeline.pipeline_seesr import SeeSRPipeline
@@ -29,8 +29,12 @@ def case_lr(case: int) -> Image.Image:
     return Image.open(TINY / f"pipeline_case{case}_lr.png").convert("RGB")
 
 
-def assert_png_close(actual: np.ndarray | Image.Image, expected: np.ndarray | Image.Image, max_diff: int = 4,
-                     min_identical: float = 0.99) -> None:
+def assert_png_close(
+    actual: np.ndarray | Image.Image,
+    expected: np.ndarray | Image.Image,
+    max_diff: int = 4,
+    min_identical: float = 0.99,
+) -> None:
     """The README criterion for uint8 images: max abs diff <= 4 and >= 99 % identical values."""
     a = np.asarray(actual).astype(np.int16)
     b = np.asarray(expected).astype(np.int16)

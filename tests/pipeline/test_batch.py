@@ -73,7 +73,9 @@ def test_failures_do_not_stop_the_folder(tmp_path):
     files = _inputs(tmp_path, ("a.png", "b.png"))
     pipe = FakePipeline(error=ValueError("image too small to process (1x1)"))
     seen = []
-    report = upscale_files(pipe, files, tmp_path / "out", UpscaleSettings(), show_progress=False, on_result=seen.append)
+    report = upscale_files(
+        pipe, files, tmp_path / "out", UpscaleSettings(), show_progress=False, on_result=seen.append
+    )
     assert [r.status for r in report.results] == ["failed", "failed"] and len(seen) == 2
     assert "image too small" in report.results[0].message and not report.ok
     # without --seed each image gets its own random seed

@@ -25,8 +25,12 @@ def ref():
 
 
 def test_inputs_are_to_tensor_of_the_pngs(ref):
-    torch.testing.assert_close(pil_to_tensor(Image.open(BLOCKS / "colorfix_target.png")), ref["target"], rtol=0, atol=0)
-    torch.testing.assert_close(pil_to_tensor(Image.open(BLOCKS / "colorfix_source.png")), ref["source"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        pil_to_tensor(Image.open(BLOCKS / "colorfix_target.png")), ref["target"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        pil_to_tensor(Image.open(BLOCKS / "colorfix_source.png")), ref["source"], rtol=0, atol=0
+    )
 
 
 def test_adain_float(ref):
@@ -37,7 +41,9 @@ def test_wavelet_float_and_decomposition(ref):
     high, low = wavelet_decomposition(ref["target"])
     torch.testing.assert_close(high, ref["wavelet_target_high"], rtol=0, atol=1e-6)
     torch.testing.assert_close(low, ref["wavelet_target_low"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(wavelet_color_fix(ref["target"], ref["source"]), ref["wavelet_float"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        wavelet_color_fix(ref["target"], ref["source"]), ref["wavelet_float"], rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("method", ["adain", "wavelet"])

@@ -73,7 +73,9 @@ def test_prompt_tags_and_ids_exact(case_run):
 
 def test_dape_embeddings(case_run):
     _, output, ref = case_run
-    torch.testing.assert_close(output.intermediates[0]["image_encoder_hidden_states"], ref["ram_image_embeds"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        output.intermediates[0]["image_encoder_hidden_states"], ref["ram_image_embeds"], rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ATOL))
@@ -162,7 +164,9 @@ def test_noise_start_no_cfg_and_colour_fixes(small_run):
     adain = np.asarray(small_run.images[0])
     unfixed = pipe(lr, **SMALL, color_fix="none", output_type="np").images[0]
     assert unfixed.dtype == np.float32 and unfixed.shape == (64, 80, 3)
-    assert np.array_equal(np.round(unfixed * 255).astype(np.uint8), small_run.intermediates[0]["pipeline_output_uint8"])
+    assert np.array_equal(
+        np.round(unfixed * 255).astype(np.uint8), small_run.intermediates[0]["pipeline_output_uint8"]
+    )
     wavelet = np.asarray(pipe(lr, **SMALL, color_fix="wavelet").images[0])
     assert not np.array_equal(adain, wavelet)
 
@@ -170,8 +174,13 @@ def test_noise_start_no_cfg_and_colour_fixes(small_run):
 def test_invalid_arguments():
     pipe = tiny_pipeline()
     lr = small_lr()
-    for bad in (dict(start_point="middle"), dict(color_fix="histogram"), dict(num_inference_steps=0),
-                dict(latent_tile_size=0), dict(seed=[1, 2])):
+    for bad in (
+        dict(start_point="middle"),
+        dict(color_fix="histogram"),
+        dict(num_inference_steps=0),
+        dict(latent_tile_size=0),
+        dict(seed=[1, 2]),
+    ):
         with pytest.raises(ValueError):
             pipe(lr, **{**SMALL, **bad})
 

@@ -26,7 +26,11 @@ def test_prompt_is_byte_for_byte_official():
 
 def test_edit_tags_keeps_order_and_is_case_insensitive():
     tags = ["app icon", "car logo", "gargoyle"]
-    assert edit_tags(tags, extra_tags=["Sky", "gargoyle"], remove_tags=[" CAR LOGO "]) == ["app icon", "gargoyle", "Sky"]
+    assert edit_tags(tags, extra_tags=["Sky", "gargoyle"], remove_tags=[" CAR LOGO "]) == [
+        "app icon",
+        "gargoyle",
+        "Sky",
+    ]
     assert split_tags("a, b ,, c") == ["a", "b", "c"]
     assert split_tags(["a", " "]) == ["a"]
 

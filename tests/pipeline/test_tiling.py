@@ -23,12 +23,16 @@ def test_fixture_case2_grid():
     assert all(t.height == t.width == 12 for t in tiles)
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [(24, 20, 12, 4), (97, 130, 96, 4), (50, 33, 16, 8), (64, 200, 40, 0)])
+@pytest.mark.parametrize(
+    "height,width,tile,overlap", [(24, 20, 12, 4), (97, 130, 96, 4), (50, 33, 16, 8), (64, 200, 40, 0)]
+)
 def test_grid_covers_every_pixel_and_stays_inside(height, width, tile, overlap):
     tiles = tile_grid(height, width, tile, overlap)
     side = min(tile, height, width)
     stride = side - overlap
-    assert len(tiles) == (1 + math.ceil(max(0, width - side) / stride)) * (1 + math.ceil(max(0, height - side) / stride))
+    assert len(tiles) == (1 + math.ceil(max(0, width - side) / stride)) * (
+        1 + math.ceil(max(0, height - side) / stride)
+    )
     cover = torch.zeros(height, width)
     for t in tiles:
         assert 0 <= t.y0 and t.y0 + t.height <= height and 0 <= t.x0 and t.x0 + t.width <= width
@@ -72,7 +76,7 @@ def test_blend_matches_manual_weighted_average():
     w = gaussian_weights(12, 12)
     num = torch.zeros(2, 4, 24, 20, dtype=torch.float64)
     den = torch.zeros(1, 1, 24, 20, dtype=torch.float64)
-    for p, t in zip(preds, tiles):
+    for p, t in zip(preds, tiles, strict=True):
         num[:, :, t.rows, t.cols] += p.double() * w
         den[:, :, t.rows, t.cols] += w
     torch.testing.assert_close(merged.double(), num / den, rtol=1e-6, atol=1e-6)

@@ -14,7 +14,7 @@ from seesr.weights.download import DownloadError, download_weights
 from seesr.weights.resolve import MissingWeightsError, default_bundle_dir, resolve_model
 from tests.conftest import TINY
 from tests.pipeline.helpers import tiny_pipeline
-from tests.weights.helpers import cache_path, fresh_hf_cache, no_network, put_in_cache  # noqa: F401 (fixtures)
+from tests.weights.helpers import put_in_cache
 
 
 def _same_weights(pipe, reference):
@@ -34,8 +34,14 @@ def bundle(tmp_path_factory):
 def test_bundle_layout_is_safetensors_only(bundle):
     files = {path.relative_to(bundle).as_posix() for path in bundle.rglob("*") if path.is_file()}
     assert not [name for name in files if name.endswith((".pth", ".bin", ".pt", ".ckpt"))]
-    for required in ("model_index.json", "unet/seesr_config.json", "controlnet/diffusion_pytorch_model.safetensors",
-                     "tagger/config.json", "scheduler/scheduler_config.json", "vae/diffusion_pytorch_model.safetensors"):
+    for required in (
+        "model_index.json",
+        "unet/seesr_config.json",
+        "controlnet/diffusion_pytorch_model.safetensors",
+        "tagger/config.json",
+        "scheduler/scheduler_config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ):
         assert required in files
     index = json.loads((bundle / "model_index.json").read_text())
     assert index["_class_name"] == "SeeSRPipeline" and index["tagger"] == ["seesr", "DAPETagger"]

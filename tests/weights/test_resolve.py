@@ -12,7 +12,7 @@ from seesr.weights.loading import ModelLoadError, load_pipeline, load_tokenizer
 from seesr.weights.resolve import MissingWeightsError, hf_cache_dir, resolve_model
 from tests.conftest import TINY
 from tests.pipeline.helpers import tiny_pipeline
-from tests.weights.helpers import fill_cache_from_tiny, fresh_hf_cache, no_network  # noqa: F401 (fixtures)
+from tests.weights.helpers import fill_cache_from_tiny
 
 
 def test_release_folder():

@@ -19,7 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("paths", nargs="+", metavar="[SRC] OUT", help="source folder (optional) and output folder")
     parser.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
         help="precision stored for the VAE, text encoder, UNet and ControlNet (default: fp32); the tagger stays fp32",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

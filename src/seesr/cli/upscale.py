@@ -56,11 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument(
-        "-o", "--output", dest="outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR",
+        "-o",
+        "--output",
+        dest="outdir",
+        default=DEFAULT_OUTDIR,
+        metavar="OUTDIR",
         help=f"output folder (default: {DEFAULT_OUTDIR}); inputs are never overwritten, even if it is their folder",
     )
     parser.add_argument(
-        "--model", default=None, metavar="PATH",
+        "--model",
+        default=None,
+        metavar="PATH",
         help="model folder: the release layout (see `seesr download --dest`) or a converted bundle "
         "(`seesr convert`); default: the files fetched by `seesr download`",
     )
@@ -70,56 +76,80 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--guidance", type=float, default=5.5, help="classifier-free guidance scale; <= 1 disables CFG (default: 5.5)"
     )
     parser.add_argument(
-        "--seed", type=int, default=None,
+        "--seed",
+        type=int,
+        default=None,
         help="random seed used for every image (default: a random seed per image, recorded in the PNG metadata)",
     )
     parser.add_argument("--prompt", default="", help="your own text, inserted after the DAPE tags (default: empty)")
     parser.add_argument(
-        "--added-prompt", default=None, metavar="TEXT",
+        "--added-prompt",
+        default=None,
+        metavar="TEXT",
         help='text appended to the prompt (default: "clean, high-resolution, 8k")',
     )
     parser.add_argument(
-        "--negative-prompt", default=None, metavar="TEXT",
+        "--negative-prompt",
+        default=None,
+        metavar="TEXT",
         help='negative prompt for classifier-free guidance (default: "dotted, noise, blur, lowres, smooth")',
     )
     parser.add_argument(
-        "--no-tags", action="store_true",
+        "--no-tags",
+        action="store_true",
         help="leave the DAPE tags out of the prompt (DAPE still provides the image embeddings)",
     )
     parser.add_argument(
-        "--color-fix", choices=COLOR_FIXES, default="adain",
+        "--color-fix",
+        choices=COLOR_FIXES,
+        default="adain",
         help="colour correction towards the input: adain (official CLI default), wavelet, none",
     )
     parser.add_argument(
-        "--process-size", type=_positive_int, default=512,
+        "--process-size",
+        type=_positive_int,
+        default=512,
         help="minimum processing size in pixels: smaller inputs are enlarged so their short side reaches "
         "process-size/scale first (default: 512); larger inputs are NOT reduced",
     )
     parser.add_argument(
-        "--latent-tile-size", type=_tile_size, default=96, metavar="N|auto",
+        "--latent-tile-size",
+        type=_tile_size,
+        default=96,
+        metavar="N|auto",
         help="latent tile side for tiled diffusion (output pixels = 8x); 'auto' picks the largest that fits free "
         "GPU memory (default: 96)",
     )
     parser.add_argument(
-        "--latent-tile-overlap", type=_non_negative_int, default=4, metavar="N",
+        "--latent-tile-overlap",
+        type=_non_negative_int,
+        default=4,
+        metavar="N",
         help="overlap between latent tiles in latent pixels (default: 4)",
     )
     parser.add_argument(
         "--conditioning-scale", type=float, default=1.0, help="ControlNet residual strength (default: 1.0)"
     )
     parser.add_argument(
-        "--start-point", choices=("lr", "noise"), default="lr",
+        "--start-point",
+        choices=("lr", "noise"),
+        default="lr",
         help="start from the noised LR latent (lr, default) or from pure noise",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), default=None,
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
         help="weights/compute precision (default: fp32 on CPU, the exact mode; fp16 on GPUs)",
     )
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary; errors only")
     parser.add_argument(
-        "--max-input-pixels", type=_positive_int, default=None, metavar="N",
+        "--max-input-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
         help="refuse inputs with more pixels than this (default: 64000000)",
     )
     parser.set_defaults(func=run)

@@ -112,7 +112,9 @@ class _BandRunner:
             grouped = band.to(self.stats_dtype).reshape(batch, norm.num_groups, -1)
             normalised = ((grouped - mean) * inv_std).reshape(batch, channels, height, width).float()
             if norm.affine:
-                normalised = normalised * norm.weight.float()[None, :, None, None] + norm.bias.float()[None, :, None, None]
+                normalised = (
+                    normalised * norm.weight.float()[None, :, None, None] + norm.bias.float()[None, :, None, None]
+                )
             return act(normalised.to(band.dtype))
 
         return apply
@@ -142,7 +144,12 @@ class _BandRunner:
         height, width = in_height * factor, in_width * factor
         (kernel_h, kernel_w), (stride_h, stride_w) = conv.kernel_size, conv.stride
         pad_h, pad_w = conv.padding
-        left, right, top, bottom = pad_w + extra_pad[0], pad_w + extra_pad[1], pad_h + extra_pad[2], pad_h + extra_pad[3]
+        left, right, top, bottom = (
+            pad_w + extra_pad[0],
+            pad_w + extra_pad[1],
+            pad_h + extra_pad[2],
+            pad_h + extra_pad[3],
+        )
         out_height = (height + top + bottom - kernel_h) // stride_h + 1
         out_width = (width + left + right - kernel_w) // stride_w + 1
         output = None
@@ -182,7 +189,9 @@ class _BandRunner:
             raise NotImplementedError("banded VAE does not support resampling ResNet blocks")
         if getattr(block, "time_emb_proj", None) is not None:
             raise NotImplementedError("banded VAE does not support time-conditioned ResNet blocks")
-        hidden = self.conv(x, block.conv1, pre=self.norm_act(block.norm1, block.nonlinearity, self.group_norm_stats(x, block.norm1)))
+        hidden = self.conv(
+            x, block.conv1, pre=self.norm_act(block.norm1, block.nonlinearity, self.group_norm_stats(x, block.norm1))
+        )
         stats = self.group_norm_stats(hidden, block.norm2)
         return self.conv(
             hidden,

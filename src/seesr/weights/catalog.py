@@ -73,7 +73,10 @@ CATALOG: tuple[WeightFile, ...] = (
     WeightFile("vae", SD2_REPO, "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"),
     WeightFile("unet", SEESR_REPO, "seesr/unet/config.json", "unet/config.json"),
     WeightFile(
-        "unet", SEESR_REPO, "seesr/unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"
+        "unet",
+        SEESR_REPO,
+        "seesr/unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
     ),
     WeightFile("controlnet", SEESR_REPO, "seesr/controlnet/config.json", "controlnet/config.json"),
     WeightFile(

@@ -33,9 +33,12 @@ def sha256_of(path: Path, progress: bool = False) -> str:
 
     digest = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as stream, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"verify {path.name}", disable=not progress or size < 64 << 20
-    ) as bar:
+    with (
+        open(path, "rb") as stream,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"verify {path.name}", disable=not progress or size < 64 << 20
+        ) as bar,
+    ):
         for chunk in iter(lambda: stream.read(HASH_CHUNK), b""):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -117,9 +120,7 @@ def download_weights(
                 path = already
             else:
                 logger.info("downloading %s/%s", entry.repo_id, entry.filename)
-                path = Path(
-                    downloader(entry.repo_id, entry.filename, revision=revision, cache_dir=str(cache_dir))
-                )
+                path = Path(downloader(entry.repo_id, entry.filename, revision=revision, cache_dir=str(cache_dir)))
             if already is None or entry.sha256 is not None:
                 verify(entry, path, progress)
         except DownloadError as error:

@@ -194,7 +194,9 @@ def resolve_release(folder: Path) -> ModelLocation:
         if not (ram_root / name).is_file():
             missing.append(f"{ram_prefix}{name}")
     if missing:
-        looks_like_model = any((folder / name).exists() for name in ("unet", "scheduler", "ram", "seesr", "model_index.json"))
+        looks_like_model = any(
+            (folder / name).exists() for name in ("unet", "scheduler", "ram", "seesr", "model_index.json")
+        )
         intro = (
             f"{folder} is an incomplete SeeSR model folder"
             if looks_like_model
