@@ -207,8 +207,10 @@ def test_auto_tile_size_on_cpu_is_official():
     assert auto_latent_tile_size(pipe.unet, torch.device("cpu"), torch.float32) == 96
 
 
-def test_output_dataclass(small_run):
+def test_output_dataclass_and_global_rng_untouched(small_run):
     assert isinstance(small_run, SeeSRPipelineOutput) and small_run.images[0].size == (80, 64)
+    state = torch.random.get_rng_state()
     images, prompts, tags = tiny_pipeline()(small_lr(), **SMALL, return_dict=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the parity RNG protocol uses private generators
     assert np.array_equal(np.asarray(images[0]), np.asarray(small_run.images[0]))
     assert prompts == small_run.prompts and tags == small_run.tags

@@ -188,6 +188,18 @@ def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kep
     )
 
 
+def _silence_loading() -> None:
+    """--quiet: no INFO logs and no weight-loading progress bars from seesr, diffusers and transformers."""
+    import logging
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    logging.getLogger("seesr").setLevel(logging.WARNING)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _err(message: str) -> None:
     print(message, file=sys.stderr)  # noqa: T201
 
@@ -200,6 +212,18 @@ def run(args: argparse.Namespace) -> int:
     files, problems = iter_image_files(args.inputs)
     if not files:
         raise CLIError("no input images: " + "; ".join(problems or ["nothing matched"]), EXIT_USAGE)
+
+    from seesr.pipeline.batch import plan_outputs
+
+    outdir = Path(args.outdir)
+    if (
+        args.skip_existing
+        and not problems
+        and all(out.exists() for out in plan_outputs(files, outdir, args.scale).values())
+    ):
+        if not args.quiet:
+            print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
+        return EXIT_OK  # nothing to do: do not even load the model
 
     import torch
 
@@ -214,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         _err("warning: fp16 on CPU is slow and not the exact mode; consider --dtype fp32")
 
     # 2. Load the model (clear message, no traceback, when files are missing).
+    if args.quiet:
+        _silence_loading()
     from seesr.pipeline.batch import upscale_files
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError
@@ -225,7 +251,6 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=args.quiet, leave=False, desc="steps")
 
     # 3. Upscale, reporting failures as they happen.
-    outdir = Path(args.outdir)
     for problem in problems:
         _err(f"error: {problem}")
 

@@ -104,7 +104,7 @@ def gaussian_weights(
         2 * np.pi * var
     )
     weights = np.outer(y_probs, x_probs)
-    return torch.from_numpy(weights).to(device=device, dtype=dtype)[None, None]
+    return torch.from_numpy(weights).to(dtype).to(device)[None, None]  # cast on the CPU: MPS has no float64
 
 
 def blend(
