@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from seesr.pipeline.pipeline_seesr import SeeSRPipeline, SeeSRPipelineOutput, auto_latent_tile_size, denoise_step
 from seesr.pipeline.tiling import tile_grid
+from seesr.pipeline.vae_tiling import VAETilingConfig
 from tests.conftest import TINY
 from tests.pipeline.helpers import assert_png_close, case_lr, case_settings, small_lr, tiny_pipeline
 
@@ -150,6 +151,23 @@ def test_seeding_is_per_image_and_reported(small_run):
         assert not np.array_equal(np.asarray(unseeded.images[0]), np.asarray(small_run.images[0]))
     again = pipe(small_lr(), num_inference_steps=1, process_size=64, seed=unseeded.seeds[0])
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(unseeded.images[0]))
+    with_generator = pipe(
+        small_lr(), num_inference_steps=1, process_size=64, generator=torch.Generator().manual_seed(7)
+    )
+    assert with_generator.seeds == [None]
+
+
+def test_banded_vae_inside_the_pipeline(small_run):
+    """Forcing the memory-bounded VAE on a small image changes nothing visible (same latents, exact-stat bands)."""
+    pipe = SeeSRPipeline(**tiny_pipeline().components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae_tiling = VAETilingConfig(encoder_tile_size=16, decoder_tile_size=2, encoder_pad=0, decoder_pad=0)
+    banded = pipe(small_lr(), **SMALL, return_intermediates=True)
+    reference = small_run.intermediates[0]
+    torch.testing.assert_close(
+        banded.intermediates[0]["vae_posterior_mean"], reference["vae_posterior_mean"], rtol=0, atol=1e-4
+    )
+    assert_png_close(banded.intermediates[0]["pipeline_output_uint8"], reference["pipeline_output_uint8"], max_diff=1)
 
 
 def test_noise_start_no_cfg_and_colour_fixes(small_run):

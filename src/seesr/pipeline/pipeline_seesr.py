@@ -391,7 +391,9 @@ class SeeSRPipeline(DiffusionPipeline):
             tile_batch_size: latent tiles per ControlNet/UNet call (1 = official order).
             color_fix: ``"adain"`` (default), ``"wavelet"`` or ``"none"``.
             seed: per-image seed(s) (parity RNG protocol); None draws a random seed per image (reported in the
-                output) unless ``generator`` is given, which is then used for every random draw.
+                output).
+            generator: instead of seeds, one generator for every random draw of every image (initial noise, VAE
+                posterior noise, step noise, in that order; not the official order of draws).
             output_type: ``"pil"`` or ``"np"`` (float (H, W, 3) in [0, 1]).
             return_intermediates: also return the tensors of every stage (for tests).
         """
@@ -409,6 +411,8 @@ class SeeSRPipeline(DiffusionPipeline):
             raise ValueError(f"upscale must be >= 1 and process_size >= 8, got {upscale} and {process_size}")
         if output_type not in ("pil", "np"):
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        if tile_batch_size < 1:
+            raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
         if latent_tile_overlap < 0:
             raise ValueError(f"latent_tile_overlap must be >= 0, got {latent_tile_overlap}")
         if isinstance(seed, int) or seed is None:
@@ -437,7 +441,7 @@ class SeeSRPipeline(DiffusionPipeline):
             if image_encoder_hidden_states is not None:
                 rows = image_encoder_hidden_states
                 embeds = rows[index : index + 1] if rows.shape[0] > 1 else rows
-            image_seed = seeds[index]
+            image_seed = None if generator is not None else seeds[index]
             if image_seed is None and generator is None:
                 image_seed = secrets.randbelow(2**31)
             result = self._upscale_one(
