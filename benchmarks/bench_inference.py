@@ -104,20 +104,38 @@ FULL_CASES: dict[str, Case] = {
     "x4_128": Case("x4_128", 128, min_seconds=30),
     "x4_512": Case("x4_512", 512, min_seconds=90),
     "x4_1024": Case("x4_1024", 1024, min_seconds=200),
-    "turbo_128": Case("turbo_128", 128, steps=2, guidance_scale=1.0, turbo=True, latent_tile_overlap=32, min_seconds=20),
-    "turbo_512": Case("turbo_512", 512, steps=2, guidance_scale=1.0, turbo=True, latent_tile_overlap=32, min_seconds=40),
+    "turbo_128": Case(
+        "turbo_128", 128, steps=2, guidance_scale=1.0, turbo=True, latent_tile_overlap=32, min_seconds=20
+    ),
+    "turbo_512": Case(
+        "turbo_512", 512, steps=2, guidance_scale=1.0, turbo=True, latent_tile_overlap=32, min_seconds=40
+    ),
 }
 TINY_CASES: dict[str, Case] = {
     "x4_128": Case("x4_128", 16, steps=4, latent_tile_size=12, process_size=64, min_seconds=0),
     "x4_512": Case("x4_512", 32, steps=4, latent_tile_size=12, process_size=64, min_seconds=0),
     "x4_1024": Case("x4_1024", 48, steps=4, latent_tile_size=12, process_size=64, min_seconds=0),
     "turbo_128": Case(
-        "turbo_128", 16, steps=2, guidance_scale=1.0, turbo=True, latent_tile_size=12, latent_tile_overlap=8,
-        process_size=64, min_seconds=0,
+        "turbo_128",
+        16,
+        steps=2,
+        guidance_scale=1.0,
+        turbo=True,
+        latent_tile_size=12,
+        latent_tile_overlap=8,
+        process_size=64,
+        min_seconds=0,
     ),
     "turbo_512": Case(
-        "turbo_512", 32, steps=2, guidance_scale=1.0, turbo=True, latent_tile_size=12, latent_tile_overlap=8,
-        process_size=64, min_seconds=0,
+        "turbo_512",
+        32,
+        steps=2,
+        guidance_scale=1.0,
+        turbo=True,
+        latent_tile_size=12,
+        latent_tile_overlap=8,
+        process_size=64,
+        min_seconds=0,
     ),
 }
 DEFAULT_CASES = "x4_128,turbo_128,x4_512,x4_1024"
@@ -194,7 +212,9 @@ def build_full_pipeline(device: torch.device) -> Any:
 
     torch.manual_seed(0)
     with torch.device(device):
-        unet = add_image_cross_attention(UNet2DConditionModel.from_config(_config(MANIFESTS / "seesr_unet_config.json")))
+        unet = add_image_cross_attention(
+            UNet2DConditionModel.from_config(_config(MANIFESTS / "seesr_unet_config.json"))
+        )
         controlnet = add_image_cross_attention(
             ControlNetModel.from_config(_config(MANIFESTS / "seesr_controlnet_config.json"))
         )
@@ -402,7 +422,13 @@ def run_check(device: torch.device, args: argparse.Namespace) -> dict:
     results: dict[str, Any] = {"case": "check_tiny"}
     fixtures = {
         "case1": {"prompt": "", "num_inference_steps": 4, "process_size": 256, "seed": 42},
-        "case2": {"prompt": "None", "num_inference_steps": 4, "process_size": 128, "latent_tile_size": 12, "seed": 123},
+        "case2": {
+            "prompt": "None",
+            "num_inference_steps": 4,
+            "process_size": 128,
+            "latent_tile_size": 12,
+            "seed": 123,
+        },
     }
     for name, call in fixtures.items():
         image = Image.open(TINY / f"pipeline_{name}_lr.png").convert("RGB")
@@ -425,7 +451,9 @@ def run_check(device: torch.device, args: argparse.Namespace) -> dict:
             "parity_vs_fixture_max_abs": int(diff.max()),
             "parity_vs_fixture_identical": round(float((diff == 0).mean()), 6),
             "fast_vs_parity_psnr_db": round(psnr(outputs["fast"], outputs["parity"]), 2),
-            "graphs_vs_eager_max_abs": int(np.abs(outputs["fast"].astype(int) - outputs["fast_eager"].astype(int)).max()),
+            "graphs_vs_eager_max_abs": int(
+                np.abs(outputs["fast"].astype(int) - outputs["fast_eager"].astype(int)).max()
+            ),
         }
     results["ok"] = all(
         results[name]["parity_vs_fixture_max_abs"] <= 4
@@ -444,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in names if name not in table and name != "check_tiny"]
     if unknown:
-        print(f"unknown cases {unknown}; choose from {sorted(table)} or check_tiny", file=sys.stderr)
+        print(f"unknown cases {unknown}; choose from {sorted(table)} or check_tiny", file=sys.stderr)  # noqa: T201
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
     base_info = environment(device)
@@ -464,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.deadline_at is not None and time.time() + (case.min_seconds if case else 20) > args.deadline_at:
             record.update(case=name, status="skipped: deadline")
             path.write_text(json.dumps(record, indent=2) + "\n")
-            print(f"{name}: skipped (deadline)", flush=True)
+            print(f"{name}: skipped (deadline)", flush=True)  # noqa: T201
             continue
         try:
             if name == "check_tiny":
@@ -487,13 +515,15 @@ def main(argv: list[str] | None = None) -> int:
                 del target
         except Exception as error:  # record and go on with the next case
             failures += 1
-            record.update(case=name, status=f"error: {type(error).__name__}: {error}", traceback=traceback.format_exc())
+            record.update(
+                case=name, status=f"error: {type(error).__name__}: {error}", traceback=traceback.format_exc()
+            )
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         path.write_text(json.dumps(record, indent=2) + "\n")
         summary = {key: record.get(key) for key in ("case", "status", "median_s", "peak_allocated_gib")}
-        print(json.dumps(summary), flush=True)
+        print(json.dumps(summary), flush=True)  # noqa: T201
     return 1 if failures else 0
 
 

@@ -70,7 +70,13 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
     scale = 0.0 if args.tiny else 1.0
     inference = [*tiny, *device, *runs, *warm]
     return [
-        Job("check", "bench_inference.py", [*inference, "--cases", "check_tiny", "--mode", "fast"], 40 * scale, passes_deadline=True),
+        Job(
+            "check",
+            "bench_inference.py",
+            [*inference, "--cases", "check_tiny", "--mode", "fast"],
+            40 * scale,
+            passes_deadline=True,
+        ),
         Job(
             "inference-fast",
             "bench_inference.py",
@@ -177,8 +183,13 @@ def run_job(job: Job, args: argparse.Namespace, deadline: float, log_dir: Path) 
     with log_path.open("w") as log:
         try:
             process = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, timeout=max(1.0, deadline - time.time()), env=env,
-                check=False, cwd=HERE.parent,
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=max(1.0, deadline - time.time()),
+                env=env,
+                check=False,
+                cwd=HERE.parent,
             )
             record["status"] = "ok" if process.returncode == 0 else f"error: exit code {process.returncode}"
         except subprocess.TimeoutExpired:
@@ -291,17 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     for job in jobs_for(args):
         if (selected and job.name not in selected) or job.name in skipped:
             continue
-        print(f"[{time.time() - started:6.0f} s] {job.name} ...", flush=True)
+        print(f"[{time.time() - started:6.0f} s] {job.name} ...", flush=True)  # noqa: T201
         record = run_job(job, args, deadline, log_dir)
         records.append(record)
-        print(f"[{time.time() - started:6.0f} s] {job.name}: {record['status']}", flush=True)
+        print(f"[{time.time() - started:6.0f} s] {job.name}: {record['status']}", flush=True)  # noqa: T201
         results = collect(args.output_dir, records, started)
         (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.output_dir / "RESULTS.md").write_text(markdown(results))
     table = markdown(collect(args.output_dir, records, started))
     if args.update_readme and not update_readme(table):
-        print("README.md has no results markers; table not inserted", file=sys.stderr)
-    print(table)
+        print("README.md has no results markers; table not inserted", file=sys.stderr)  # noqa: T201
+    print(table)  # noqa: T201
     return 0 if all(not record["status"].startswith("error") for record in records) else 1
 
 

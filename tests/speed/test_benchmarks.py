@@ -57,9 +57,21 @@ def test_deadline_skips_and_missing_scripts(run_all: ModuleType, tmp_path: Path)
 
 def test_markdown_and_readme_update(run_all: ModuleType, tmp_path: Path) -> None:
     case = {
-        "case": "x4_128", "mode": "fast", "dtype": "bfloat16", "lr_size": [128, 128], "output_size": [512, 512],
-        "steps": 50, "latent_tiles": 1, "median_s": 3.21, "s_per_step": 0.064, "first_run_s": 9.0,
-        "peak_allocated_gib": 7.5, "peak_reserved_gib": 8.0, "status": "ok", "device_name": "GPU", "torch": "t",
+        "case": "x4_128",
+        "mode": "fast",
+        "dtype": "bfloat16",
+        "lr_size": [128, 128],
+        "output_size": [512, 512],
+        "steps": 50,
+        "latent_tiles": 1,
+        "median_s": 3.21,
+        "s_per_step": 0.064,
+        "first_run_s": 9.0,
+        "peak_allocated_gib": 7.5,
+        "peak_reserved_gib": 8.0,
+        "status": "ok",
+        "device_name": "GPU",
+        "torch": "t",
     }
     (tmp_path / "inference_fast_x4_128.json").write_text(json.dumps(case))
     jobs = [{"job": "train-step", "status": "ok", "seconds": 12.0, "result": {"samples_per_s": 4.2, "x": 1}}]

@@ -88,8 +88,18 @@ def tiled_reference(tiny_models: dict[str, Any]) -> tuple[dict[str, torch.Tensor
     tiles = tile_grid(24, 20, 12, 4)
     assert len(tiles) == 6
     reference = denoise_step(
-        tiny_models["unet"], tiny_models["controlnet"], data["latents"], torch.tensor(501), data["prompt_embeds"],
-        data["image_embeds"], data["control"], 5.5, 0.8, tiles, None, 1,
+        tiny_models["unet"],
+        tiny_models["controlnet"],
+        data["latents"],
+        torch.tensor(501),
+        data["prompt_embeds"],
+        data["image_embeds"],
+        data["control"],
+        5.5,
+        0.8,
+        tiles,
+        None,
+        1,
     )
     return data, tiles, reference
 
@@ -101,7 +111,14 @@ def test_batched_tiles_match_the_official_per_tile_step(
     data, tiles, reference = tiled_reference
     recorder = _Recorder(fast.NoisePredictor(tiny_models["unet"], tiny_models["controlnet"]))
     denoiser = fast.GuidedDenoiser(
-        recorder, (24, 20), tiles, data["prompt_embeds"], data["image_embeds"], data["control"], 5.5, 0.8,
+        recorder,
+        (24, 20),
+        tiles,
+        data["prompt_embeds"],
+        data["image_embeds"],
+        data["control"],
+        5.5,
+        0.8,
         tile_batch_size,
     )
     ours = denoiser(data["latents"], torch.tensor(501))
@@ -139,8 +156,14 @@ def test_precomputed_normaliser_equals_blend() -> None:
     data = _inputs(30, 22)
     outputs = iter(predictions)
     denoiser = fast.GuidedDenoiser(
-        lambda *args: next(outputs), (30, 22), tiles, data["prompt_embeds"], data["image_embeds"], data["control"],
-        1.0, tile_batch_size=1,
+        lambda *args: next(outputs),
+        (30, 22),
+        tiles,
+        data["prompt_embeds"],
+        data["image_embeds"],
+        data["control"],
+        1.0,
+        tile_batch_size=1,
     )
     denoiser.do_cfg = False  # compare the merged prediction itself
     merged = denoiser(torch.zeros(1, 4, 30, 22), torch.tensor(1))
@@ -148,7 +171,11 @@ def test_precomputed_normaliser_equals_blend() -> None:
 
 
 def test_fast_loop_fp32_matches_the_reference_loop(tiny_models: dict[str, Any]) -> None:
-    unet, controlnet, scheduler = tiny_models["unet"], tiny_models["controlnet"], copy.deepcopy(tiny_models["scheduler"])
+    unet, controlnet, scheduler = (
+        tiny_models["unet"],
+        tiny_models["controlnet"],
+        copy.deepcopy(tiny_models["scheduler"]),
+    )
     scheduler.set_timesteps(2)
     data = _inputs(24, 20, seed=1)
     tiles = tile_grid(24, 20, 12, 4)
@@ -156,17 +183,37 @@ def test_fast_loop_fp32_matches_the_reference_loop(tiny_models: dict[str, Any]) 
     latents = data["latents"]
     for timestep in scheduler.timesteps:
         noise_pred = denoise_step(
-            unet, controlnet, latents, timestep, data["prompt_embeds"], data["image_embeds"], data["control"],
-            5.5, 1.0, tiles, None, 1,
+            unet,
+            controlnet,
+            latents,
+            timestep,
+            data["prompt_embeds"],
+            data["image_embeds"],
+            data["control"],
+            5.5,
+            1.0,
+            tiles,
+            None,
+            1,
         )
         latents = scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
     denoiser = fast.GuidedDenoiser(
-        fast.NoisePredictor(unet, controlnet), (24, 20), tiles, data["prompt_embeds"], data["image_embeds"],
-        data["control"], 5.5, 1.0, tile_batch_size=3,
+        fast.NoisePredictor(unet, controlnet),
+        (24, 20),
+        tiles,
+        data["prompt_embeds"],
+        data["image_embeds"],
+        data["control"],
+        5.5,
+        1.0,
+        tile_batch_size=3,
     )
     seen: list[int] = []
     ours = fast.denoise(
-        denoiser, fast.DDPMStepPlan(scheduler), data["latents"], torch.Generator().manual_seed(5),
+        denoiser,
+        fast.DDPMStepPlan(scheduler),
+        data["latents"],
+        torch.Generator().manual_seed(5),
         on_step=lambda index, noise_pred, latents: seen.append(index),
     )
     assert seen == [0, 1]
@@ -181,7 +228,10 @@ def test_fast_vae_equals_banded_vae(tiny_pipeline_parts: dict[str, Any]) -> None
     image = torch.rand(1, 3, 112, 96, generator=generator) * 2 - 1
     assert tiling.encode_is_tiled(112, 96)
     torch.testing.assert_close(
-        fast.encode_moments(vae, image, tiling, storage="device"), vae_encode_moments(vae, image, tiling), atol=1e-5, rtol=0
+        fast.encode_moments(vae, image, tiling, storage="device"),
+        vae_encode_moments(vae, image, tiling),
+        atol=1e-5,
+        rtol=0,
     )
     latents = torch.randn(1, 4, 14, 12, generator=generator)
     assert tiling.decode_is_tiled(14, 12)

@@ -191,28 +191,23 @@ def load_turbo_pipeline(turbo_path: str | os.PathLike, base: Any) -> Any:
         turbo_path: the SD-turbo folder (diffusers layout).
         base: a loaded :class:`~seesr.pipeline.pipeline_seesr.SeeSRPipeline`. Its UNet is not modified (drop
             ``base`` afterwards to free it).
+
+    Raises:
+        seesr.models.io.CheckpointError / seesr.weights.loading.ModelLoadError: unusable SD-turbo files.
     """
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from seesr.weights.loading import load_text_encoder, load_tokenizer, load_vae
 
     folder = Path(turbo_path).expanduser()
     reference = next(base.unet.parameters())
-    device, dtype = reference.device, reference.dtype
-    unet = graft_rca(folder, base.unet, dtype=dtype, device=device)
+    unet = graft_rca(folder, base.unet, dtype=reference.dtype, device=reference.device)
     scheduler = turbo_scheduler(folder if (folder / "scheduler").is_dir() else None)
     text_encoder, tokenizer, vae = base.text_encoder, base.tokenizer, base.vae
     if (folder / "text_encoder" / "config.json").is_file():
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=base.text_encoder.dtype)
-        text_encoder = text_encoder.to(base.text_encoder.device).eval()
-    if (folder / "tokenizer" / "vocab.json").is_file():
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        if len(tokenizer) != text_encoder.config.vocab_size or tokenizer.pad_token_id != base.tokenizer.pad_token_id:
-            raise CheckpointError(
-                f"{folder / 'tokenizer'} is incomplete: {len(tokenizer)} tokens, pad id {tokenizer.pad_token_id} "
-                f"(expected {text_encoder.config.vocab_size} and {base.tokenizer.pad_token_id})"
-            )
+        text_encoder = load_text_encoder(folder / "text_encoder", base.text_encoder.dtype, base.text_encoder.device)
+    if (folder / "tokenizer").is_dir():
+        tokenizer = load_tokenizer(folder / "tokenizer", int(text_encoder.config.vocab_size))
     if (folder / "vae" / "config.json").is_file():
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=base.vae.dtype).to(base.vae.device).eval()
+        vae = load_vae(folder / "vae", base.vae.dtype, base.vae.device)
     pipeline = type(base)(
         vae=vae,
         text_encoder=text_encoder,
@@ -223,6 +218,7 @@ def load_turbo_pipeline(turbo_path: str | os.PathLike, base: Any) -> Any:
         tagger=base.tagger,
     )
     pipeline.vae_tiling = base.vae_tiling
+    pipeline.model_location = getattr(base, "model_location", None)
     if getattr(base, "fast_path", None) is not None:
         from seesr.pipeline.fast import enable_fast_path
 

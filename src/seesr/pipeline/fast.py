@@ -282,7 +282,9 @@ class DDPMStepPlan:
         self.timesteps = [int(t) for t in (timesteps.tolist() if torch.is_tensor(timesteps) else timesteps)]
         alphas = scheduler.alphas_cumprod.cpu()
         one = scheduler.one.cpu() if torch.is_tensor(scheduler.one) else torch.tensor(scheduler.one)
-        self._coefficients: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._coefficients: list[
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+        ] = []
         for index, t in enumerate(self.timesteps):
             prev_t = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
             alpha_prod_t = alphas[t]
@@ -614,7 +616,9 @@ class GuidedDenoiser:
                     tile = group[index]
                     prediction = output[index * self.rows : (index + 1) * self.rows]
                     window = (slice(None), slice(None), tile.rows, tile.cols)
-                    numerator[window] = (numerator[window].to(weights.dtype) + prediction.to(weights.dtype) * weights).float()
+                    numerator[window] = (
+                        numerator[window].to(weights.dtype) + prediction.to(weights.dtype) * weights
+                    ).float()
             noise_pred = numerator / self.denominator
         if self.do_cfg:
             noise_uncond, noise_text = noise_pred.chunk(2)

@@ -219,7 +219,9 @@ def launch_workers(
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     command = [*(executable or (sys.executable, "-m", "seesr")), *arguments]
     port = free_port()
-    workers = [subprocess.Popen(command, env=worker_environment(rank, num_processes, port)) for rank in range(num_processes)]
+    workers = [
+        subprocess.Popen(command, env=worker_environment(rank, num_processes, port)) for rank in range(num_processes)
+    ]
     exit_code = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
