@@ -67,6 +67,8 @@ __all__ = [
     "encode_moments",
     "fast_path_config_for",
     "max_tile_batch_for_memory",
+    "resolve_tile_batch_size",
+    "run_denoising",
 ]
 
 VAEStorage = Literal["auto", "device", "cpu"]
@@ -656,6 +658,75 @@ def denoise(
         if on_step is not None:
             on_step(index, noise_pred, latents)
     return latents
+
+
+def resolve_tile_batch_size(
+    config: FastPathConfig,
+    unet: UNet2DConditionModel,
+    device: torch.device,
+    tiles: Sequence[Tile],
+    rows_per_tile: int,
+    requested: int = 1,
+) -> int:
+    """Tiles per call for one image: ``config.tile_batch_size``, else a requested size > 1, else automatic
+    (:func:`max_tile_batch_for_memory` capped at ``config.max_tile_batch_size``, then :func:`choose_tile_batch_size`)."""
+    if len(tiles) <= 1:
+        return 1
+    if config.tile_batch_size is not None:
+        return min(config.tile_batch_size, len(tiles))
+    if requested > 1:
+        return min(requested, len(tiles))
+    limit = max_tile_batch_for_memory(
+        unet, device, config.dtype, tiles[0].height, rows_per_tile, upper=config.max_tile_batch_size
+    )
+    return choose_tile_batch_size(len(tiles), limit)
+
+
+def run_denoising(
+    pipe: Any,
+    latents: torch.Tensor,
+    timesteps: Sequence[int] | torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    control: torch.Tensor,
+    tiles: Sequence[Tile],
+    *,
+    guidance_scale: float,
+    conditioning_scale: float,
+    generator: torch.Generator | None,
+    tile_batch_size: int = 1,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The pipeline's denoising loop on the fast path (``pipe.fast_path`` set by :func:`enable_fast_path`).
+
+    Args:
+        pipe: the pipeline (its UNet, ControlNet, scheduler and cached :class:`NoisePredictor` are used).
+        latents: start latents (1, 4, h, w), float32.
+        timesteps: the scheduler's timesteps after ``set_timesteps``.
+        prompt_embeds / image_embeds / control: CFG-batched (2 rows with CFG, uncond first), any float dtype.
+        tiles: the latent tile grid.
+        tile_batch_size: a requested tile batch (> 1), see :func:`resolve_tile_batch_size`.
+        on_step: ``on_step(index, noise_pred, latents)`` after every step.
+
+    Returns:
+        Final latents (1, 4, h, w), float32.
+    """
+    config: FastPathConfig = pipe.fast_path
+    size = resolve_tile_batch_size(config, pipe.unet, latents.device, tiles, prompt_embeds.shape[0], tile_batch_size)
+    denoiser = GuidedDenoiser(
+        get_predictor(pipe),
+        tuple(latents.shape[-2:]),
+        tiles,
+        prompt_embeds,
+        image_embeds,
+        control,
+        guidance_scale,
+        conditioning_scale,
+        size,
+        compute_dtype=pipe.unet.dtype,
+    )
+    plan = DDPMStepPlan(pipe.scheduler, timesteps)
+    return denoise(denoiser, plan, latents, generator, on_step=on_step)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from seesr.models.image_cross_attention import IMAGE_KEY
+from seesr.pipeline import fast
 from seesr.pipeline.color_fix import COLOR_FIX_METHODS, apply_color_fix
 from seesr.pipeline.preprocess import (
     DEFAULT_ADDED_PROMPT,
@@ -268,6 +269,18 @@ class SeeSRPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         #: when the VAE runs banded (memory-bounded); the defaults leave every normal-size image untouched
         self.vae_tiling = VAETilingConfig()
+        #: fast-path settings (:class:`seesr.pipeline.fast.FastPathConfig`); None = the exact path
+        self.fast_path = None
+        self._fast_predictor = None
+
+    def enable_fast_path(self, config: Any = None) -> Any:
+        """Switch to the fast path (bf16, batched tiles, CUDA graphs, ...): :func:`seesr.pipeline.fast.enable_fast_path`."""
+        return fast.enable_fast_path(self, config)
+
+    def disable_fast_path(self) -> None:
+        """Back to the exact loop (the models keep the dtype the fast path gave them)."""
+        self.fast_path = None
+        self._fast_predictor = None
 
     # ------------------------------------------------------------------------------------------------------------
     # loading and saving
@@ -388,7 +401,8 @@ class SeeSRPipeline(DiffusionPipeline):
             start_point: ``"lr"`` (LR embedding noised to t = 999, default) or ``"noise"``.
             latent_tile_size, latent_tile_overlap: latent tiling (tile iff ``h·w > size²``); ``"auto"`` picks the
                 largest tile that fits free accelerator memory (96 on CPU).
-            tile_batch_size: latent tiles per ControlNet/UNet call (1 = official order).
+            tile_batch_size: latent tiles per ControlNet/UNet call (1 = official order; on the fast path 1 means
+                automatic).
             color_fix: ``"adain"`` (default), ``"wavelet"`` or ``"none"``.
             seed: per-image seed(s) (parity RNG protocol); None draws a random seed per image (reported in the
                 output).
@@ -518,6 +532,9 @@ class SeeSRPipeline(DiffusionPipeline):
     ) -> tuple[Image.Image, str, list[str], dict[str, Any]]:
         saved: dict[str, Any] = {}
         dtype = self.unet.dtype
+        fast_path = self.fast_path
+        # the fast path keeps the latent state (and so every random draw) in float32, whatever the model dtype
+        state_dtype = torch.float32 if fast_path is not None else dtype
 
         # 2. Hard and soft prompt from DAPE on the ORIGINAL LR image
         tag_list: list[str] = []
@@ -550,7 +567,7 @@ class SeeSRPipeline(DiffusionPipeline):
         if width < self.vae_scale_factor or height < self.vae_scale_factor:
             raise ValueError(f"image too small to process ({lr_image.size[0]}x{lr_image.size[1]})")
         control_array = np.asarray(control_pil, dtype=np.float32) / 255.0
-        control = torch.from_numpy(control_array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+        control = torch.from_numpy(control_array).permute(2, 0, 1)[None].to(device=device, dtype=state_dtype)
         control_batch = torch.cat([control, control]) if do_cfg else control
 
         # 5. Timesteps (DDPM, "leading" spacing + steps_offset: 981, 961, …, 1 for 50 steps). The scheduler keeps
@@ -568,12 +585,19 @@ class SeeSRPipeline(DiffusionPipeline):
         latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
         channels = self.unet.config.in_channels
         shape = (1, channels, latent_height, latent_width)
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=state_dtype)
+        noise = noise * self.scheduler.init_noise_sigma
 
         # 7. Start point: LR embedding (LR latent noised to t = 999) or pure noise
         if start_point == "lr":
             vae_dtype = self.vae.dtype
-            moments = vae_encode_moments(self.vae, (control * 2 - 1).to(vae_dtype), self.vae_tiling)
+            if fast_path is not None:
+                moments = fast.encode_moments(
+                    self.vae, control * 2 - 1, self.vae_tiling, fast_path.vae_storage
+                ).float()
+                vae_dtype = torch.float32
+            else:
+                moments = vae_encode_moments(self.vae, (control * 2 - 1).to(vae_dtype), self.vae_tiling)
             posterior = DiagonalGaussianDistribution(moments)
             # the official code encodes both (identical) CFG rows: draw (2, …) and keep row 0 for RNG parity
             eps_rows = 2 if do_cfg else 1
@@ -581,7 +605,7 @@ class SeeSRPipeline(DiffusionPipeline):
                 (eps_rows, *posterior.mean.shape[1:]), generator=posterior_generator, device=device, dtype=vae_dtype
             )[:1]
             posterior_sample = posterior.mean + posterior.std * posterior_eps
-            lr_latents = (posterior_sample * self.vae.config.scaling_factor).to(dtype)
+            lr_latents = (posterior_sample * self.vae.config.scaling_factor).to(state_dtype)
             start_timestep = torch.tensor([LR_START_TIMESTEP], device=device)
             latents = self.scheduler.add_noise(lr_latents, noise, start_timestep)
             if keep:
@@ -615,30 +639,59 @@ class SeeSRPipeline(DiffusionPipeline):
             )
         step_predictions, step_latents = [], []
         with self.progress_bar(total=len(timesteps)) as progress:
-            for index, timestep in enumerate(timesteps.tolist()):
-                noise_pred = denoise_step(
-                    self.unet,
-                    self.controlnet,
+            if fast_path is not None:
+
+                def on_step(index: int, noise_pred: torch.Tensor, step_output: torch.Tensor) -> None:
+                    if keep:
+                        step_predictions.append(noise_pred)
+                        step_latents.append(step_output)
+                    progress.update()
+
+                latents = fast.run_denoising(
+                    self,
                     latents,
-                    model_timesteps[index],
+                    timesteps,
                     prompt_embeds,
                     image_embeds,
                     control_batch,
-                    guidance_scale,
-                    conditioning_scale,
                     tiles,
-                    tile_weights,
-                    tile_batch_size,
+                    guidance_scale=guidance_scale,
+                    conditioning_scale=conditioning_scale,
+                    generator=generator,
+                    tile_batch_size=tile_batch_size,
+                    on_step=on_step,
                 )
-                latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
-                if keep:
-                    step_predictions.append(noise_pred)
-                    step_latents.append(latents)
-                progress.update()
+            else:
+                for index, timestep in enumerate(timesteps.tolist()):
+                    noise_pred = denoise_step(
+                        self.unet,
+                        self.controlnet,
+                        latents,
+                        model_timesteps[index],
+                        prompt_embeds,
+                        image_embeds,
+                        control_batch,
+                        guidance_scale,
+                        conditioning_scale,
+                        tiles,
+                        tile_weights,
+                        tile_batch_size,
+                    )
+                    latents = self.scheduler.step(
+                        noise_pred, timestep, latents, generator=generator, return_dict=False
+                    )[0]
+                    if keep:
+                        step_predictions.append(noise_pred)
+                        step_latents.append(latents)
+                    progress.update()
 
         # 9. Decode and round to uint8 (as diffusers' VaeImageProcessor)
-        decoder_input = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        decoded = vae_decode(self.vae, decoder_input, self.vae_tiling)
+        if fast_path is not None:
+            decoder_input = latents / self.vae.config.scaling_factor
+            decoded = fast.decode_latents(self.vae, decoder_input, self.vae_tiling, fast_path.vae_storage).float()
+        else:
+            decoder_input = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            decoded = vae_decode(self.vae, decoder_input, self.vae_tiling)
         pipeline_uint8 = _to_uint8(decoded)
         generated = Image.fromarray(pipeline_uint8)
 
