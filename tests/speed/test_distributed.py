@@ -1,38 +1,50 @@
-"""Sharded multi-process inference helpers: 2 CPU processes (gloo) started by ``launch_workers``."""
+"""Sharded multi-process helpers: rendezvous from the environment, sharding, spawning, failure handling."""
 
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from seesr.utils.distributed import DistributedContext, init_distributed, launch_workers, shard, worker_environment
-
-WORKER = textwrap.dedent(
-    """
-    import json, sys
-    from pathlib import Path
-    from seesr.utils.distributed import init_distributed
-
-    out = Path(sys.argv[1])
-    items = [f"image_{index:02d}" for index in range(int(sys.argv[2]))]
-    with init_distributed() as context:
-        done = []
-        for name in context.shard(items):
-            # O_EXCL: writing the same output twice would raise
-            with open(out / f"{name}.txt", "x") as handle:
-                handle.write(str(context.rank))
-            done.append(name)
-        results = context.gather({"rank": context.rank, "done": done})
-        if context.is_main:
-            summary = {"world_size": context.world_size, "results": results}
-            (out / "summary.json").write_text(json.dumps(summary))
-    """
+from seesr.utils.distributed import (
+    DistributedContext,
+    init_distributed,
+    is_worker,
+    shard,
+    spawn_workers,
+    worker_environment,
 )
+
+# --- worker targets (module level: spawned processes import them by name) ------------------------------------
+
+
+def _fail_on_rank_one() -> int:
+    return 3 if os.environ["RANK"] == "1" else 0
+
+
+def _crash_on_rank_one() -> int:
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("boom")
+    time.sleep(60)  # rank 0 would wait for rank 1 in a collective
+    return 0
+
+
+def _sleep() -> int:
+    time.sleep(60)
+    return 0
+
+
+def _report_environment(folder: str) -> int:
+    record = {name: os.environ[name] for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    record["is_worker"] = is_worker()
+    Path(folder, f"{os.environ['RANK']}.json").write_text(json.dumps(record))
+    return 0
+
+
+# --- tests -----------------------------------------------------------------------------------------------------
 
 
 def test_shard_covers_every_item_once() -> None:
@@ -51,6 +63,8 @@ def test_single_process_context(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (context.rank, context.world_size, context.is_main, context.is_distributed) == (0, 1, True, False)
     assert context.shard([1, 2, 3]) == [1, 2, 3]
     assert context.gather("x") == ["x"]
+    assert context.device("cpu").type == "cpu"
+    assert DistributedContext().world_size == 1
 
 
 def test_missing_rendezvous_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,36 +83,22 @@ def test_worker_environment() -> None:
     assert env["PATH"] == "/bin"
 
 
-def test_two_processes_write_each_output_once(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    out = tmp_path / "out"
-    out.mkdir()
-    code = launch_workers(2, [str(out), "5"], executable=[sys.executable, str(script)], timeout=120)
-    assert code == 0
-    written = sorted(path.stem for path in out.glob("*.txt"))
-    assert written == [f"image_{index:02d}" for index in range(5)]
-    ranks = {path.stem: path.read_text() for path in out.glob("*.txt")}
-    assert {ranks[f"image_{index:02d}"] for index in (0, 2, 4)} == {"0"}
-    assert {ranks[f"image_{index:02d}"] for index in (1, 3)} == {"1"}
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2
-    assert [result["rank"] for result in summary["results"]] == [0, 1]
-    assert sorted(sum((result["done"] for result in summary["results"]), [])) == written
+def test_spawned_workers_get_ranks(tmp_path: Path) -> None:
+    assert spawn_workers(2, _report_environment, (str(tmp_path),), timeout=60) == 0
+    records = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert [record["RANK"] for record in records] == ["0", "1"]
+    assert all(record["WORLD_SIZE"] == "2" and record["is_worker"] for record in records)
 
 
-def test_failing_worker_stops_the_others() -> None:
-    program = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(60)"
+def test_returned_code_is_reported_without_stopping_the_others() -> None:
+    assert spawn_workers(2, _fail_on_rank_one, timeout=60) == 3
+
+
+def test_crash_stops_the_others() -> None:
     started = time.monotonic()
-    assert launch_workers(2, [], executable=[sys.executable, "-c", program], timeout=50) == 3
+    assert spawn_workers(2, _crash_on_rank_one, timeout=50) == 1
     assert time.monotonic() - started < 40
 
 
 def test_timeout_kills_workers() -> None:
-    program = "import time\ntime.sleep(60)"
-    assert launch_workers(2, [], executable=[sys.executable, "-c", program], timeout=1) == 124
-
-
-def test_context_device_on_cpu() -> None:
-    context = DistributedContext()
-    assert context.device("cpu").type == "cpu"
+    assert spawn_workers(2, _sleep, timeout=2) == 124

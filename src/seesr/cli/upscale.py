@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
+
+if TYPE_CHECKING:  # heavy modules: imported by run() only
+    from seesr.pipeline.batch import UpscaleSettings
+    from seesr.utils.distributed import DistributedContext
 
 DEFAULT_OUTDIR = "seesr-out"
 COLOR_FIXES = ("adain", "wavelet", "none")
@@ -71,9 +76,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(`seesr convert`); default: the files fetched by `seesr download`",
     )
     parser.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default: 4)")
-    parser.add_argument("--steps", type=_positive_int, default=50, help="DDPM sampling steps (default: 50)")
     parser.add_argument(
-        "--guidance", type=float, default=5.5, help="classifier-free guidance scale; <= 1 disables CFG (default: 5.5)"
+        "--steps", type=_positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale; <= 1 disables CFG (default: 5.5; with --turbo: 1.0)",
     )
     parser.add_argument(
         "--seed",
@@ -123,9 +133,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--latent-tile-overlap",
         type=_non_negative_int,
-        default=4,
+        default=None,
         metavar="N",
-        help="overlap between latent tiles in latent pixels (default: 4)",
+        help="overlap between latent tiles in latent pixels (default: 4; with --turbo: 32)",
     )
     parser.add_argument(
         "--conditioning-scale", type=float, default=1.0, help="ControlNet residual strength (default: 1.0)"
@@ -142,6 +152,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         choices=("fp32", "fp16", "bf16"),
         default=None,
         help="weights/compute precision (default: fp32 on CPU, the exact mode; fp16 on GPUs)",
+    )
+    speed = parser.add_argument_group("speed and memory")
+    speed.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fast path: bf16 models, CFG pair and latent tiles batched, CUDA graphs, no host syncs in the loop "
+        "(default: on for CUDA GPUs; off on CPU/MPS, where fp32 is the exact mode); --no-fast runs the exact loop",
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="also torch.compile the denoising step (fast path; compiles once per tile shape, about a minute)",
+    )
+    speed.add_argument(
+        "--offload",
+        choices=("model", "sequential"),
+        default=None,
+        help="for GPUs with <= 8 GB: keep the models in CPU memory and move each to the GPU when it runs "
+        "(model: little slower; sequential: layer by layer, least memory, slow)",
+    )
+    speed.add_argument(
+        "--turbo",
+        action="store_true",
+        help="turbo mode: the SD-turbo UNet with SeeSR's RCA grafted in, 2 steps, no CFG, tile overlap 32 "
+        "(needs the stabilityai/sd-turbo files; see --turbo-model)",
+    )
+    speed.add_argument(
+        "--turbo-model",
+        default=None,
+        metavar="PATH",
+        help="SD-turbo folder (diffusers layout; implies --turbo; default: MODEL/turbo, then the Hugging Face cache)",
+    )
+    speed.add_argument(
+        "--num-gpus",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="split the inputs over N processes, one per GPU, with one summary (like `accelerate launch "
+        "--num_processes N -m seesr upscale ...`); default: 1",
     )
     parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary; errors only")
@@ -161,6 +211,17 @@ def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kep
     from seesr.pipeline.preprocess import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT
     from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS
 
+    turbo = args.turbo or args.turbo_model is not None
+    if turbo:
+        from seesr.models.turbo import TURBO_DEFAULTS
+
+        defaults = {"steps": TURBO_DEFAULTS["num_inference_steps"], "guidance": TURBO_DEFAULTS["guidance_scale"]}
+        defaults["latent_tile_overlap"] = TURBO_DEFAULTS["latent_tile_overlap"]
+    else:
+        defaults = {"steps": 50, "guidance": 5.5, "latent_tile_overlap": 4}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if isinstance(args.latent_tile_size, int) and args.latent_tile_overlap >= args.latent_tile_size:
         raise CLIError(
             f"--latent-tile-overlap ({args.latent_tile_overlap}) must be smaller than --latent-tile-size "
@@ -204,6 +265,23 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)  # noqa: T201
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """One process of ``--num-gpus N`` (started by :func:`seesr.utils.distributed.spawn_workers`)."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run(args)
+    except CLIError as error:
+        _err(f"seesr upscale: error: {error}")
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
 def run(args: argparse.Namespace) -> int:
     from seesr.utils.images import iter_image_files
 
@@ -216,66 +294,125 @@ def run(args: argparse.Namespace) -> int:
     from seesr.pipeline.batch import plan_outputs
 
     outdir = Path(args.outdir)
-    if (
-        args.skip_existing
-        and not problems
-        and all(out.exists() for out in plan_outputs(files, outdir, args.scale).values())
-    ):
+    plan = plan_outputs(files, outdir, args.scale)  # over all inputs, also when each process takes a shard
+    if args.skip_existing and not problems and all(out.exists() for out in plan.values()):
         if not args.quiet:
             print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
         return EXIT_OK  # nothing to do: do not even load the model
 
+    from seesr.utils.distributed import init_distributed, is_worker, spawn_workers
+
+    if args.num_gpus > 1 and not is_worker():
+        import torch
+
+        if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+            raise CLIError(
+                f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPUs are visible", EXIT_USAGE
+            )
+        return spawn_workers(args.num_gpus, _worker, (args,))
+    try:
+        context = init_distributed()
+    except (ValueError, RuntimeError) as error:
+        raise CLIError(f"cannot join the other processes: {error}") from None
+    try:
+        return _run(args, settings, files, problems, plan, context)
+    finally:
+        context.close()
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: UpscaleSettings,
+    files: list[Path],
+    problems: list[str],
+    plan: dict[Path, Path],
+    context: DistributedContext,
+) -> int:
+    """Load the model and upscale this process's share of ``files`` (all of them in a single process)."""
     import torch
 
+    from seesr.pipeline import fast
     from seesr.utils.device import resolve_device, resolve_dtype
 
+    outdir = Path(args.outdir)
     try:
-        device = resolve_device(args.device)
+        device = context.device(args.device) if context.is_distributed else resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
     except (ValueError, RuntimeError) as error:
         raise CLIError(str(error), EXIT_USAGE) from None
     if device.type == "cpu" and dtype == torch.float16:
         _err("warning: fp16 on CPU is slow and not the exact mode; consider --dtype fp32")
+    if args.offload and device.type != "cuda":
+        raise CLIError("--offload needs a CUDA GPU", EXIT_USAGE)
+    fast_config = fast.fast_path_config_for(
+        device, args.fast, compile=args.compile, dtype=dtype if args.dtype else None, offload=bool(args.offload)
+    )
+    if args.compile and fast_config is None:
+        raise CLIError("--compile needs the fast path (on by default on CUDA GPUs; add --fast elsewhere)", EXIT_USAGE)
+    if fast_config is not None and not args.dtype:
+        dtype = fast_config.dtype  # load straight into the fast path's dtype
 
     # 2. Load the model (clear message, no traceback, when files are missing).
-    if args.quiet:
+    if args.quiet or not context.is_main:
         _silence_loading()
+    from seesr.models.io import CheckpointError
     from seesr.pipeline.batch import upscale_files
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError
 
     try:
-        pipe = load_pipeline(args.model, device=device, dtype=dtype, load_tagger=True)
-    except (MissingWeightsError, ModelLoadError) as error:
-        raise CLIError(str(error), EXIT_FAILURE) from None
-    pipe.set_progress_bar_config(disable=args.quiet, leave=False, desc="steps")
+        # offloading starts from the CPU: the whole model never has to fit on the GPU at once
+        pipe = load_pipeline(args.model, device="cpu" if args.offload else device, dtype=dtype, load_tagger=True)
+        if args.turbo or args.turbo_model is not None:
+            from seesr.models.turbo import find_turbo_folder, load_turbo_pipeline
 
-    # 3. Upscale, reporting failures as they happen.
-    for problem in problems:
-        _err(f"error: {problem}")
+            pipe = load_turbo_pipeline(find_turbo_folder(args.turbo_model, args.model), pipe)
+    except (MissingWeightsError, ModelLoadError, CheckpointError) as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    if fast_config is not None:
+        pipe.enable_fast_path(fast_config)
+    if args.offload:
+        fast.enable_offload(pipe, args.offload, device)
+    pipe.set_progress_bar_config(disable=args.quiet or not context.is_main, leave=False, desc="steps")
+
+    # 3. Upscale this process's share of the inputs, reporting failures as they happen.
+    if context.is_main:
+        for problem in problems:
+            _err(f"error: {problem}")
 
     def report(result) -> None:
         if result.status == "failed":
             _err(f"error: {result.message}")
 
     extra = {
-        "model": pipe.model_location.description,
+        "model": getattr(getattr(pipe, "model_location", None), "description", str(args.model)),
         "device": str(device),
-        "dtype": {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype)),
+        "dtype": {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
+            pipe.unet.dtype, str(pipe.unet.dtype)
+        ),
+        "fast": fast_config is not None,
+        "turbo": bool(args.turbo or args.turbo_model),
     }
     summary = upscale_files(
         pipe,
-        files,
+        context.shard(files),
         outdir,
         settings,
         skip_existing=args.skip_existing,
-        show_progress=not args.quiet,
+        show_progress=not args.quiet and context.is_main,
         metadata_extra=extra,
         on_result=report,
+        output_plan=plan,
     )
-    failed = summary.count("failed") + len(problems)
+    counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
+    gathered = context.gather(counts)
+    if not context.is_main:
+        return EXIT_OK if counts["failed"] == 0 else EXIT_FAILURE
+    totals = {status: sum(part[status] for part in gathered) for status in counts}
+    failed = totals["failed"] + len(problems)
     if not args.quiet:
         print(  # noqa: T201
-            f"{summary.count('ok')} written, {summary.count('skipped')} skipped, {failed} failed -> {outdir}"
+            f"{totals['ok']} written, {totals['skipped']} skipped, {failed} failed -> {outdir}"
+            + (f" ({context.world_size} processes)" if context.is_distributed else "")
         )
     return EXIT_OK if failed == 0 else EXIT_FAILURE

@@ -9,6 +9,7 @@ tile overlap 32.
 
 * :func:`graft_rca` - SD-turbo UNet (folder or model) + SeeSR UNet -> UNet with SD-turbo weights and SeeSR RCA;
 * :func:`turbo_scheduler` - the DDPM scheduler with trailing spacing;
+* :func:`find_turbo_folder` - where the SD-turbo files are (explicit folder, ``MODEL/turbo``, Hugging Face cache);
 * :func:`load_turbo_pipeline` - a turbo :class:`~seesr.pipeline.pipeline_seesr.SeeSRPipeline` sharing a loaded
   SeeSR pipeline's ControlNet and DAPE tagger;
 * :data:`TURBO_DEFAULTS` - the call arguments of the official turbo script;
@@ -42,6 +43,7 @@ __all__ = [
     "TURBO_DEFAULTS",
     "TURBO_LICENSE",
     "TURBO_REPO",
+    "find_turbo_folder",
     "graft_rca",
     "load_turbo_pipeline",
     "turbo_scheduler",
@@ -81,6 +83,33 @@ def _unet_folder(path: str | os.PathLike) -> Path:
     raise CheckpointError(
         f"{folder} is neither an SD-turbo folder (with unet/config.json) nor a UNet folder (with config.json); "
         f"download it with `huggingface-cli download {TURBO_REPO}`"
+    )
+
+
+def find_turbo_folder(turbo_model: str | os.PathLike | None = None, model: str | os.PathLike | None = None) -> Path:
+    """The SD-turbo folder: ``turbo_model`` if given, else ``MODEL/turbo`` of a model folder, else the
+    ``stabilityai/sd-turbo`` snapshot in the Hugging Face cache (never downloads).
+
+    Raises:
+        seesr.weights.resolve.MissingWeightsError: nothing found; the message says how to get the files.
+    """
+    from seesr.weights.resolve import MissingWeightsError, cached_file
+
+    if turbo_model is not None:
+        folder = Path(turbo_model).expanduser()
+        if not folder.is_dir():
+            raise MissingWeightsError(f"SD-turbo folder {folder} does not exist")
+        return folder
+    if model is not None and (Path(model).expanduser() / "turbo" / "unet" / "config.json").is_file():
+        return Path(model).expanduser() / "turbo"
+    found = {entry.filename: cached_file(entry) for entry in TURBO_CATALOG}
+    if all(path is not None for path in found.values()):
+        return found["unet/config.json"].parents[1]  # the snapshot folder
+    missing = [name for name, path in found.items() if path is None]
+    raise MissingWeightsError(
+        f"turbo mode needs the SD-turbo weights ({TURBO_REPO}, {TURBO_LICENSE}); missing: {', '.join(missing)}. "
+        f"Get them with `huggingface-cli download {TURBO_REPO}` (or place the folder at MODEL/turbo) or pass "
+        "--turbo-model FOLDER"
     )
 
 

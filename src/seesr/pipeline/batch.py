@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,7 @@ def upscale_files(
     show_progress: bool = True,
     metadata_extra: dict[str, Any] | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    output_plan: Mapping[Path, Path] | None = None,
 ) -> UpscaleReport:
     """Upscale ``files`` into ``outdir`` (``<stem>.png``); one :class:`FileResult` per file, in order.
 
@@ -208,12 +209,15 @@ def upscale_files(
         show_progress: tqdm bar over images (the pipeline has its own bar over steps).
         metadata_extra: more fields for the PNG ``seesr`` metadata (e.g. model, device, dtype).
         on_result: called after each file (e.g. to print a line).
+        output_plan: input -> output paths planned over *all* inputs of a run (:func:`plan_outputs`), for a process
+            that handles only a shard of them (multi-GPU); its inputs are also protected from being overwritten.
     """
     from tqdm.auto import tqdm
 
     outdir = Path(outdir)
     paths = [Path(file) for file in files]
-    plan = plan_outputs(paths, outdir, settings.scale)
+    plan = dict(output_plan) if output_plan is not None else plan_outputs(paths, outdir, settings.scale)
+    protected = list(plan) if output_plan is not None else paths
     report = UpscaleReport()
     for source in tqdm(paths, desc="images", unit="image", disable=not show_progress):
         target = plan[source]
@@ -221,7 +225,7 @@ def upscale_files(
         if skip_existing and target.exists():
             result = FileResult(source, target, "skipped", "output exists")
         else:
-            result = _process_one(pipe, source, target, settings, paths, metadata_extra)
+            result = _process_one(pipe, source, target, settings, protected, metadata_extra)
         result.seconds = time.perf_counter() - started
         report.results.append(result)
         if on_result is not None:

@@ -4,8 +4,8 @@ Two ways to start the processes, same code path afterwards:
 
 * ``accelerate launch --num_processes N -m seesr upscale FOLDER ...`` (or ``torchrun``): the launcher sets
   ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``;
-* ``seesr upscale --num-gpus N ...``: :func:`launch_workers` starts N copies of the same command locally with those
-  variables set (a free port on 127.0.0.1), waits, and stops the others when one fails.
+* ``seesr upscale --num-gpus N ...``: :func:`spawn_workers` starts N local processes running the same command
+  with those variables set (a free port on 127.0.0.1), waits, and stops the others when one fails.
 
 In each process :func:`init_distributed` reads the variables and joins a ``gloo`` process group (inference
 processes exchange only small Python objects, so no NCCL is needed; it also works on CPU). Every process takes the
@@ -17,13 +17,11 @@ which writes the one summary.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -35,14 +33,14 @@ __all__ = [
     "free_port",
     "init_distributed",
     "is_worker",
-    "launch_workers",
     "shard",
+    "spawn_workers",
     "worker_environment",
 ]
 
 T = TypeVar("T")
 
-#: environment variable marking a process started by :func:`launch_workers` (so it does not launch again)
+#: environment variable marking a process started by :func:`spawn_workers` (so it does not launch again)
 WORKER_FLAG = "SEESR_DISTRIBUTED_WORKER"
 
 
@@ -194,69 +192,95 @@ def worker_environment(rank: int, world_size: int, port: int, base: dict[str, st
     return env
 
 
-def launch_workers(
-    num_processes: int,
-    arguments: Sequence[str],
-    *,
-    executable: Sequence[str] | None = None,
-    timeout: float | None = None,
-    poll_interval: float = 0.2,
-) -> int:
-    """Run ``python -m seesr ARGUMENTS`` in ``num_processes`` local processes (ranks 0..N-1) and wait.
+def _spawned(
+    rank: int, world_size: int, port: int, target: Callable[..., int | None], arguments: tuple, results: Any
+) -> None:
+    os.environ.update(worker_environment(rank, world_size, port))
+    code = target(*arguments)
+    results.put((rank, int(code or 0)))
 
-    If one worker fails, the others are terminated. Ctrl-C is forwarded to all of them.
+
+def spawn_workers(
+    num_processes: int,
+    target: Callable[..., int | None],
+    arguments: Sequence[Any] = (),
+    *,
+    timeout: float | None = None,
+    poll_interval: float = 0.1,
+) -> int:
+    """Run ``target(*arguments)`` in ``num_processes`` fresh local processes (ranks 0..N-1) and wait.
+
+    Each process gets the environment of :func:`worker_environment` (so :func:`init_distributed` joins the group
+    and :func:`is_worker` is true). ``target`` and ``arguments`` must be picklable (a module-level function); its
+    return value is the process's exit code. If one process crashes (an exception or a signal), the others are
+    stopped; a process that returns a non-zero code does not stop the others. Ctrl-C stops all of them.
 
     Args:
         num_processes: number of workers (e.g. GPUs).
-        arguments: the command line after ``seesr`` (without the option that asked for several processes).
-        executable: the program to run instead of ``[sys.executable, "-m", "seesr"]``.
+        target: the work of one process.
+        arguments: its positional arguments.
         timeout: seconds after which every worker still running is killed (exit code 124).
 
     Returns:
-        0 when every worker succeeded, else the first non-zero exit code (124 on timeout).
+        0 when every worker returned 0, else the first non-zero code in rank order (a crashed worker's exit code,
+        124 on timeout, 130 on Ctrl-C).
     """
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    command = [*(executable or (sys.executable, "-m", "seesr")), *arguments]
+    context = multiprocessing.get_context("spawn")
+    results = context.SimpleQueue()
     port = free_port()
     workers = [
-        subprocess.Popen(command, env=worker_environment(rank, num_processes, port)) for rank in range(num_processes)
+        context.Process(
+            target=_spawned, args=(rank, num_processes, port, target, tuple(arguments), results), daemon=False
+        )
+        for rank in range(num_processes)
     ]
-    exit_code = 0
+    for worker in workers:
+        worker.start()
+    codes: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
+
+    def stop_all() -> None:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+
     try:
-        running = list(workers)
-        while running:
+        while True:
+            while not results.empty():
+                rank, code = results.get()
+                codes[rank] = code
+            finished = [worker for worker in workers if not worker.is_alive()]
+            # a crash (exception, signal) leaves the others waiting in a collective: stop them; a non-zero
+            # *returned* code (e.g. some inputs failed) is a normal end and the others finish their work
+            crashed = [rank for rank, worker in enumerate(workers) if worker.exitcode not in (None, 0)]
+            if crashed:
+                rank = crashed[0]
+                exit_code = workers[rank].exitcode or 1
+                logger.error("worker %d crashed (exit code %d); stopping the others", rank, exit_code)
+                stop_all()
+                return int(exit_code) if exit_code > 0 else 1
+            if len(finished) == len(workers):
+                while not results.empty():
+                    rank, code = results.get()
+                    codes[rank] = code
+                return next((code for _, code in sorted(codes.items()) if code != 0), 0)
             if deadline is not None and time.monotonic() > deadline:
-                logger.error("workers still running after %.0f s; killing them", timeout)
-                for worker in running:
-                    worker.kill()
-                    worker.wait()
+                logger.error("workers still running after %.0f s; stopping them", timeout)
+                stop_all()
                 return 124
-            for worker in list(running):
-                code = worker.poll()
-                if code is None:
-                    continue
-                running.remove(worker)
-                if code != 0 and exit_code == 0:
-                    exit_code = code
-                    logger.error("worker %d exited with code %d; stopping the others", workers.index(worker), code)
-                    for other in running:
-                        other.terminate()
             time.sleep(poll_interval)
     except KeyboardInterrupt:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGINT)
-        for worker in workers:
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_all()
         return 130
-    return exit_code
 
 
 def is_worker() -> bool:
-    """True inside a process started by :func:`launch_workers` or an external launcher (``WORLD_SIZE`` > 1)."""
+    """True inside a process started by :func:`spawn_workers` or an external launcher (``WORLD_SIZE`` > 1)."""
     return os.environ.get(WORKER_FLAG) == "1" or _int_env("WORLD_SIZE", 1) > 1
