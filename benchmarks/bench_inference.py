@@ -12,6 +12,8 @@ Cases (``--cases``, comma separated; full size / tiny):
 * ``x4_512``   512² -> 2048², 50 steps (9 latent tiles, banded VAE) / 32² -> 128², 4 steps, tiled
 * ``x4_1024``  1024² -> 4096², 50 steps (36 tiles, banded VAE)      / 48² -> 192², 4 steps, tiled
 * ``turbo_128`` / ``turbo_512``: turbo mode (SD-turbo UNet + grafted RCA, 2 trailing steps, no CFG, overlap 32)
+* ``offload_128`` / ``offload_512``: as ``x4_*`` with model CPU offload (the <= 8 GB card setting; CUDA only;
+  offload cases always run last because they leave the models offloaded)
 * ``check_tiny``: correctness on the device: the tiny bundle in the exact fp32 path vs the fast path (PSNR) and
   CUDA graphs vs eager (max difference); the GPU counterpart of ``tests/speed``.
 
@@ -98,6 +100,7 @@ class Case:
     latent_tile_overlap: int = 4
     process_size: int = 512
     min_seconds: float = 30.0
+    offload: str | None = None
 
 
 FULL_CASES: dict[str, Case] = {
@@ -110,6 +113,8 @@ FULL_CASES: dict[str, Case] = {
     "turbo_512": Case(
         "turbo_512", 512, steps=2, guidance_scale=1.0, turbo=True, latent_tile_overlap=32, min_seconds=40
     ),
+    "offload_128": Case("offload_128", 128, offload="model", min_seconds=60),
+    "offload_512": Case("offload_512", 512, offload="model", min_seconds=150),
 }
 TINY_CASES: dict[str, Case] = {
     "x4_128": Case("x4_128", 16, steps=4, latent_tile_size=12, process_size=64, min_seconds=0),
@@ -136,6 +141,12 @@ TINY_CASES: dict[str, Case] = {
         latent_tile_overlap=8,
         process_size=64,
         min_seconds=0,
+    ),
+    "offload_128": Case(
+        "offload_128", 16, steps=4, latent_tile_size=12, process_size=64, min_seconds=0, offload="model"
+    ),
+    "offload_512": Case(
+        "offload_512", 32, steps=4, latent_tile_size=12, process_size=64, min_seconds=0, offload="model"
     ),
 }
 DEFAULT_CASES = "x4_128,turbo_128,x4_512,x4_1024"
@@ -401,6 +412,8 @@ def run_case(pipe: Any, case: Case, args: argparse.Namespace, device: torch.devi
         "min_s": round(min(times), 4),
         "s_per_step": round(statistics.median(times) / steps, 4),
         "predictor_modes": sorted(set(predictor.modes.values())) if predictor is not None else [],
+        "call_shapes": sorted({repr(list(key[0][0])) for key in predictor.modes}) if predictor is not None else [],
+        "offload": case.offload,
     }
     if device.type == "cuda":
         report["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
@@ -470,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.mode or ("fast" if device.type == "cuda" else "parity")
     table = TINY_CASES if args.tiny else FULL_CASES
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
+    names.sort(key=lambda name: name in table and table[name].offload is not None)  # offload mutates: run last
     unknown = [name for name in names if name not in table and name != "check_tiny"]
     if unknown:
         print(f"unknown cases {unknown}; choose from {sorted(table)} or check_tiny", file=sys.stderr)  # noqa: T201
@@ -494,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(record, indent=2) + "\n")
             print(f"{name}: skipped (deadline)", flush=True)  # noqa: T201
             continue
+        if case is not None and case.offload is not None and device.type != "cuda":
+            record.update(case=name, status="skipped: offloading needs CUDA")
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            print(f"{name}: skipped (offloading needs CUDA)", flush=True)  # noqa: T201
+            continue
         try:
             if name == "check_tiny":
                 record.update(run_check(device, args))
@@ -506,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                     settings = apply_mode(pipe, mode, device, args)
                     synchronize(device)
                     build_s = time.perf_counter() - start
+                if case.offload is not None:
+                    from seesr.pipeline.fast import enable_offload
+
+                    enable_offload(pipe, case.offload, device)
                 target = turbo_variant(pipe, args.tiny) if case.turbo else pipe
                 target.set_progress_bar_config(disable=True)
                 record.update(settings)
@@ -518,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             record.update(
                 case=name, status=f"error: {type(error).__name__}: {error}", traceback=traceback.format_exc()
             )
+        if pipe is not None:
+            pipe._fast_predictor = None  # drop this case's CUDA graphs: each case's peak memory is its own
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

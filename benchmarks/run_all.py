@@ -6,11 +6,13 @@ and the merged ``results.json`` / ``RESULTS.md`` are rewritten after every job, 
 measured:
 
 1. ``check``              bench_inference ``check_tiny``: the fast path against the exact fp32 path on the device;
-2. ``inference-fast``     bench_inference fast mode: 128²->512² (50 steps), turbo, 512²->2048², 1024²->4096²;
+2. ``inference-fast``     bench_inference fast mode: 128²->512² (50 steps), turbo, 512²->2048², 1024²->4096²,
+                          turbo 512²->2048²;
 3. ``train-step``         bench_train_step.py: one stage-2 training step (batch 4, 512², bf16);
 4. ``degradation``        bench_degradation.py: Real-ESRGAN degradation throughput (when present);
-5. ``inference-baseline`` bench_inference baseline mode (fp16, official per-tile loop) on 128² and 512² inputs;
-6. ``inference-compile``  bench_inference fast mode with ``--compile`` on 128² and 512² inputs.
+5. ``inference-offload``  bench_inference with model CPU offload (the <= 8 GB card setting) on 128² and 512²;
+6. ``inference-baseline`` bench_inference baseline mode (fp16, official per-tile loop) on 128² and 512² inputs;
+7. ``inference-compile``  bench_inference fast mode with ``--compile`` on 128² and 512² inputs.
 
     python benchmarks/run_all.py --deadline 540 --output-dir $OUT/bench --update-readme   # GPU session
     python benchmarks/run_all.py --tiny --device cpu --output-dir /tmp/bench                 # CPU smoke run
@@ -59,6 +61,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", default="", help="comma-separated job names to leave out")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per inference case (default 3; tiny 1)")
     parser.add_argument("--update-readme", action="store_true", help="write the results table into README.md")
+    parser.add_argument(
+        "--copy-to",
+        type=Path,
+        default=None,
+        help="after every job, copy results.json, RESULTS.md and a .tar.gz of all outputs and logs here "
+        "(e.g. $OUT on a lent GPU machine, which returns at most 8 files)",
+    )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        help="run nothing: render RESULTS.md (and README.md with --update-readme) from a results.json fetched back",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,7 +95,7 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
         Job(
             "inference-fast",
             "bench_inference.py",
-            [*inference, "--mode", "fast", "--cases", "x4_128,turbo_128,x4_512,x4_1024"],
+            [*inference, "--mode", "fast", "--cases", "x4_128,turbo_128,x4_512,x4_1024,turbo_512"],
             60 * scale,
             passes_deadline=True,
         ),
@@ -100,6 +115,13 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
             output_option="--output",
             output_is_file=True,
             optional=True,
+        ),
+        Job(
+            "inference-offload",
+            "bench_inference.py",
+            [*inference, "--mode", "fast", "--cases", "offload_128,offload_512"],
+            90 * scale,
+            passes_deadline=True,
         ),
         Job(
             "inference-baseline",
@@ -289,8 +311,28 @@ def update_readme(table: str, readme: Path = README) -> bool:
     return True
 
 
+def _copy_out(output_dir: Path, destination: Path) -> None:
+    """results.json, RESULTS.md and an archive of everything else (logs, per-case JSON) into ``destination``."""
+    import shutil
+    import tarfile
+
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "RESULTS.md"):
+        if (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, destination / name)
+    with tarfile.open(destination / "bench_outputs.tar.gz", "w:gz") as archive:
+        archive.add(output_dir, arcname="bench")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_results is not None:
+        table = markdown(json.loads(args.from_results.read_text()))
+        (args.from_results.parent / "RESULTS.md").write_text(table)
+        if args.update_readme and not update_readme(table):
+            print("README.md has no results markers; table not inserted", file=sys.stderr)  # noqa: T201
+        print(table)  # noqa: T201
+        return 0
     started = time.time()
     deadline = started + args.deadline
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -309,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         results = collect(args.output_dir, records, started)
         (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.output_dir / "RESULTS.md").write_text(markdown(results))
+        if args.copy_to is not None:
+            _copy_out(args.output_dir, args.copy_to)
     table = markdown(collect(args.output_dir, records, started))
     if args.update_readme and not update_readme(table):
         print("README.md has no results markers; table not inserted", file=sys.stderr)  # noqa: T201

@@ -97,3 +97,19 @@ def test_bench_inference_cases_are_consistent() -> None:
     assert (turbo.steps, turbo.guidance_scale, turbo.latent_tile_overlap) == (2, 1.0, 32)
     args = bench.parse_args(["--tiny", "--cases", "x4_128"])
     assert args.tiny and args.runs == 3
+
+
+def test_render_from_fetched_results_and_copy_out(run_all: ModuleType, tmp_path: Path) -> None:
+    case = {"case": "x4_512", "mode": "fast", "median_s": 9.5, "status": "ok", "lr_size": [512, 512]}
+    results = {"started": "now", "jobs": [{"job": "check", "status": "ok", "seconds": 3.0}], "inference": [case]}
+    fetched = tmp_path / "fetched" / "results.json"
+    fetched.parent.mkdir()
+    fetched.write_text(json.dumps(results))
+    assert run_all.main(["--from-results", str(fetched)]) == 0
+    assert "| x4_512 | fast |" in (fetched.parent / "RESULTS.md").read_text()
+    run_all._copy_out(fetched.parent, tmp_path / "out")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "RESULTS.md",
+        "bench_outputs.tar.gz",
+        "results.json",
+    ]

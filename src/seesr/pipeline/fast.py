@@ -82,7 +82,7 @@ class FastPathConfig:
     Attributes:
         dtype: weights/activations of UNet, ControlNet and text encoder (``torch.bfloat16`` default; with
             ``torch.float16`` the VAE stays float32). ``torch.float32`` keeps full precision but still batches.
-        channels_last: convert UNet/ControlNet/VAE convolutions to channels-last memory format.
+        channels_last: convert UNet/ControlNet convolutions to channels-last memory format.
         tile_batch_size: latent tiles per ControlNet+UNet call; None picks the largest of at most
             ``max_tile_batch_size`` that fits the free accelerator memory and wastes the fewest padded tiles.
         max_tile_batch_size: upper bound for the automatic choice.
@@ -173,8 +173,9 @@ def enable_fast_path(pipe: Any, config: FastPathConfig | None = None) -> FastPat
     """Prepare ``pipe``'s models for the fast path and switch it on (``pipe.fast_path = config``).
 
     Casts UNet, ControlNet and text encoder to ``config.dtype`` and the VAE to ``config.vae_dtype`` (the DAPE
-    tagger keeps its dtype), sets SDPA attention processors and channels-last weights, and on CUDA enables TF32 and
-    cuDNN autotuning. The pipeline's noise predictor (CUDA graphs / compiled code) is created on first use.
+    tagger keeps its dtype), sets SDPA attention processors and channels-last UNet/ControlNet weights, and on CUDA
+    enables TF32 and cuDNN autotuning. The pipeline's noise predictor (CUDA graphs / compiled code) is created on
+    first use.
 
     Returns:
         The config in use.
@@ -184,7 +185,7 @@ def enable_fast_path(pipe: Any, config: FastPathConfig | None = None) -> FastPat
     config = config or FastPathConfig()
     _cast(pipe.unet, config.dtype, config.channels_last)
     _cast(pipe.controlnet, config.dtype, config.channels_last)
-    _cast(pipe.vae, config.vae_dtype, config.channels_last)
+    _cast(pipe.vae, config.vae_dtype, channels_last=False)  # the banded VAE slices NCHW bands
     if pipe.text_encoder is not None:
         torch.nn.Module.to(pipe.text_encoder, dtype=config.dtype)
     for model in (pipe.unet, pipe.controlnet):
