@@ -263,7 +263,15 @@ def _highlights(result: Any, prefix: str = "") -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables (inference cases, then the other jobs)."""
     lines = [f"Run started {results['started']}.", ""]
+    order = {"fast": 0, "baseline": 1, "parity": 2}
     cases = [case for case in results["inference"] if case.get("case") != "check_tiny"]
+    cases.sort(
+        key=lambda case: (
+            order.get(case.get("mode"), 3),
+            bool(case.get("compile")),
+            "offload" in str(case.get("case")),
+        )
+    )
     if cases:
         first = cases[0]
         lines += [
@@ -274,12 +282,12 @@ def markdown(results: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for case in cases:
-            lr = case.get("lr_size") or ["?", "?"]
-            out = case.get("output_size") or ["?", "?"]
+            lr, out = case.get("lr_size"), case.get("output_size")
+            sizes = f"{lr[0]}² → {out[0]}x{out[1]}" if lr and out else "-"
             mode = case.get("mode", "?") + (" +compile" if case.get("compile") else "")
             mode += f" ({case['dtype']})" if case.get("dtype") else ""
             lines.append(
-                f"| {case.get('case')} | {mode} | {lr[0]}² → {out[0]}x{out[1]} | {_fmt(case.get('steps'))} | "
+                f"| {case.get('case')} | {mode} | {sizes} | {_fmt(case.get('steps'))} | "
                 f"{_fmt(case.get('latent_tiles'))} | {_fmt(case.get('median_s'))} | {_fmt(case.get('s_per_step'), 3)} | "
                 f"{_fmt(case.get('first_run_s'))} | {_fmt(case.get('peak_allocated_gib'))} | "
                 f"{_fmt(case.get('peak_reserved_gib'))} | {str(case.get('status', '-'))[:60]} |"
