@@ -42,7 +42,9 @@ def test_official_hyper_parameters():
     assert seesr.train.train_batch_size * seesr.train.gradient_accumulation_steps * 8 == 32
     dape = TrainDAPEConfig()
     assert dape.optim.learning_rate == 1e-4 and dape.optim.weight_decay == 0.0
-    assert dape.optim.lr_milestones == [20000, 30000] and dape.optim.lr_gamma == 0.5 and dape.optim.lr_warmup_steps == 50
+    assert (
+        dape.optim.lr_milestones == [20000, 30000] and dape.optim.lr_gamma == 0.5 and dape.optim.lr_warmup_steps == 50
+    )
     assert dape.train.train_batch_size == 8 and dape.train.seed == 10 and dape.train.checkpointing_steps == 1000
     assert dape.loss.logits_weight == 1.0 and dape.loss.feature_weight == 1.0
 
@@ -110,3 +112,15 @@ def test_run_record(tmp_path):
     record = json.loads((tmp_path / "versions.json").read_text())
     assert record["stage"] == "seesr"
     assert record["packages"]["torch"] and record["packages"]["diffusers"] and record["packages"]["accelerate"]
+
+
+def test_string_fields_keep_yaml_keywords_as_text(tmp_path):
+    config = apply_overrides(
+        TrainSeeSRConfig(), ["train.mixed_precision=no", "logging.report_to=none", "train.output_dir='o n'"]
+    )
+    assert config.train.mixed_precision == "no" and config.logging.report_to == "none"
+    assert config.train.output_dir == "o n"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    with pytest.raises(ConfigError, match="write it in quotes"):
+        load_config("seesr", path, validate=False)

@@ -42,7 +42,9 @@ def load_trainable_state_dict(module: torch.nn.Module, state: dict[str, torch.Te
         for name, param in params.items():
             value = state[name]
             if value.shape != param.shape:
-                raise ValueError(f"checkpoint {source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+                raise ValueError(
+                    f"checkpoint {source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
+                )
             param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 

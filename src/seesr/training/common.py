@@ -43,13 +43,19 @@ class TrainResult:
         output_dir: the run folder (checkpoints, logs, final model).
         global_step: optimisation steps completed, including those before a resume.
         losses: ``{step: loss}`` for the steps run by *this* call (mean over processes and accumulation).
-        final_model_dir: the exported model folder (None when the run was interrupted before the end).
+        final_model_dir: the exported model folder (None when the run stopped before ``max_train_steps``).
+        models: the trained modules of this process, unwrapped (stage 2: ``unet``, ``controlnet``; stage 1:
+            ``student``), for use right after training in the same Python process.
+        extra_losses: other per-step scalars by name (stage 1: ``loss_above_floor`` = feature term + λ·KL, the
+            part of Eq. (1) the student can reduce).
     """
 
     output_dir: Path
     global_step: int
     losses: dict[int, float] = field(default_factory=dict)
     final_model_dir: Path | None = None
+    models: dict[str, Any] = field(default_factory=dict)
+    extra_losses: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 class StepCounter:
@@ -91,6 +97,25 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
+def epoch_loader(
+    accelerator: Any, loader: Any, sampler: EpochShuffleSampler, dataset: Any, epoch: int, skip: int
+) -> Any:
+    """The prepared ``loader`` positioned at ``epoch`` (skipping ``skip`` batches when resuming mid-epoch).
+
+    Accelerate's loaders re-apply their own iteration counter as the epoch at every ``__iter__`` (counting from 0
+    in each process), which after a resume would replay epoch 0's order; so the epoch is set on the loader itself,
+    which passes it on to the sampler and the dataset.
+    """
+    sampler.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    current = accelerator.skip_first_batches(loader, skip) if skip else loader
+    for candidate in (loader, current):
+        if hasattr(candidate, "set_epoch"):
+            candidate.set_epoch(epoch)
+    return current
+
+
 def step_seed(seed: int, step: int, process_index: int) -> int:
     """A 63-bit seed unique to (run seed, optimisation step, process)."""
     return (seed * 0x9E3779B1 + step * 0x85EBCA77 + process_index * 0xC2B2AE3D) % (2**63 - 1)
@@ -113,7 +138,9 @@ def build_accelerator(
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     output_dir = Path(train.output_dir)
-    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / logging_config.logging_dir))
+    project = ProjectConfiguration(
+        project_dir=str(output_dir), logging_dir=str(output_dir / logging_config.logging_dir)
+    )
     log_with = resolve_tracker(logging_config.report_to)
     if train.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -138,7 +165,9 @@ def resolve_tracker(report_to: str) -> str | None:
             try:
                 import tensorboardX  # noqa: F401
             except ImportError:
-                logger.warning("tensorboard is not installed (pip install 'seesr[train]'); logging to the console only")
+                logger.warning(
+                    "tensorboard is not installed (pip install 'seesr[train]'); logging to the console only"
+                )
                 return None
     return report_to
 

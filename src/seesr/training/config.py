@@ -27,6 +27,7 @@ __all__ = [
     "DataConfig",
     "DAPELossConfig",
     "DAPEModelConfig",
+    "DAPEValidationConfig",
     "LoggingConfig",
     "OptimizerConfig",
     "SeeSRModelConfig",
@@ -72,6 +73,8 @@ class DataConfig:
     scale: int = 4  # online mode: super-resolution factor
     shuffle: bool = True  # official: shuffle=False (REFERENCE.md §7 #28); we shuffle, set false to reproduce
     num_workers: int = 0  # official default 0
+    min_pixels: int = 384 * 384  # online mode: smaller HR images are replaced by another one (official)
+    min_file_bytes: int = 100 * 1024  # online mode: so are files under 100 KiB (official)
 
 
 @dataclass
@@ -139,13 +142,22 @@ class SeeSRModelConfig:
 
 @dataclass
 class ValidationConfig:
-    """Validation images rendered through :class:`seesr.pipeline.pipeline_seesr.SeeSRPipeline` every ``steps``."""
+    """Validation during stage 2 (the official validation was disabled; both kinds are off by default).
 
-    steps: int | None = None  # None or 0: never (the official validation was disabled)
+    * images: ``images`` upscaled through :class:`seesr.pipeline.pipeline_seesr.SeeSRPipeline` every ``steps``;
+    * loss: Eq. (2) on the first ``loss_images`` training images at ``loss_timesteps`` evenly spread timesteps with
+      fixed noise (seeded by ``seed``), every ``loss_steps``, before the first step and after the last. Unlike the
+      training loss, whose value swings with the random timesteps, it is comparable from one step to the next.
+    """
+
+    steps: int | None = None  # None or 0: no images
     images: list[str] = field(default_factory=list)  # LR images
     num_inference_steps: int = 50
     guidance_scale: float = 5.5
     seed: int = 42
+    loss_steps: int | None = None  # None or 0: no validation loss
+    loss_images: int = 4
+    loss_timesteps: int = 10
 
 
 @dataclass
@@ -169,6 +181,8 @@ class TrainSeeSRConfig:
             raise ConfigError(f"model.null_text_ratio must be in [0, 1], got {self.model.null_text_ratio}")
         if self.validation.steps and not self.validation.images:
             raise ConfigError("validation.steps is set but validation.images is empty")
+        if self.validation.loss_images < 1 or self.validation.loss_timesteps < 1:
+            raise ConfigError("validation.loss_images and validation.loss_timesteps must be >= 1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,6 +195,16 @@ class DAPEModelConfig:
     ram_model_path: str = ""  # ram_swin_large_14m.pth: both the frozen teacher and the student's base weights
     ram_config_dir: str | None = None  # RAM config folder; None: the full-size defaults
     dape_model_path: str | None = None  # continue from an existing DAPE.pth (LoRA weights)
+    student_dropout: bool = True  # official: the student trains with Swin drop-path 0.1 and head dropout 0.1
+
+
+@dataclass
+class DAPEValidationConfig:
+    """Eq. (1) without its constant floor (feature term + λ·KL, student in eval mode) on the first ``loss_images``
+    training pairs, every ``loss_steps``, before the first step and after the last (off by default)."""
+
+    loss_steps: int | None = None
+    loss_images: int = 4
 
 
 @dataclass
@@ -192,7 +216,8 @@ class DAPELossConfig:
 
 
 def _dape_data() -> DataConfig:
-    return DataConfig(shuffle=True, num_workers=0)
+    # The official DAPE data (SimpleDataset) resizes whole images and replaces none.
+    return DataConfig(min_pixels=0, min_file_bytes=0)
 
 
 def _dape_optim() -> OptimizerConfig:
@@ -231,10 +256,13 @@ class TrainDAPEConfig:
     data: DataConfig = field(default_factory=_dape_data)
     optim: OptimizerConfig = field(default_factory=_dape_optim)
     train: TrainLoopConfig = field(default_factory=_dape_train)
+    validation: DAPEValidationConfig = field(default_factory=DAPEValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
         _validate_common(self.data, self.optim, self.train, self.logging)
+        if self.validation.loss_images < 1:
+            raise ConfigError(f"validation.loss_images must be >= 1, got {self.validation.loss_images}")
         if not self.model.ram_model_path:
             raise ConfigError("model.ram_model_path is required (ram_swin_large_14m.pth)")
 
@@ -322,6 +350,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+            raise ConfigError(f'{key}: expected a string, got the boolean {value!r}; write it in quotes, e.g. "no"')
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -345,6 +375,20 @@ def _merge(instance: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(instance, name, _coerce(value, hints[name], key))
 
 
+def _is_string_field(config: Any, parts: list[str]) -> bool:
+    """Whether the dotted path names a ``str`` (or ``str | None``) field; False for unknown paths."""
+    node = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            return False
+        node = getattr(node, part)
+    if not dataclasses.is_dataclass(node) or parts[-1] not in {item.name for item in dataclasses.fields(node)}:
+        return False
+    hint = typing.get_type_hints(type(node))[parts[-1]]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return str in options
+
+
 def apply_overrides(config: ConfigT, overrides: list[str] | tuple[str, ...]) -> ConfigT:
     """Apply ``a.b=c`` strings (values parsed as YAML: ``3``, ``1e-4``, ``true``, ``[a, b]``, ``null``) in place."""
     for item in overrides:
@@ -354,10 +398,15 @@ def apply_overrides(config: ConfigT, overrides: list[str] | tuple[str, ...]) -> 
         dotted = dotted.strip()
         if not dotted:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        if _is_string_field(config, dotted.split(".")) and raw.strip() not in ("null", "~"):
+            value: Any = raw.strip()  # "no", "on", "1e-4" stay text for string fields
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
         nested: Any = value
         for part in reversed(dotted.split(".")):
             nested = {part: nested}

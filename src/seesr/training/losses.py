@@ -12,11 +12,17 @@ __all__ = ["DAPELoss", "dape_loss", "diffusion_loss"]
 
 @dataclass
 class DAPELoss:
-    """The terms of Eq. (1); ``total`` is what is back-propagated (scalar tensors)."""
+    """The terms of Eq. (1); ``total`` is what is back-propagated (scalar tensors).
+
+    ``logits_kl`` = ``logits`` − H(σ(teacher logits)): the binary cross-entropy minus its floor, the teacher's own
+    entropy (a constant for the student). It is 0 exactly when the student's probabilities equal the teacher's, so
+    it shows the progress the BCE value hides (logged only; the gradient is the same).
+    """
 
     total: torch.Tensor
     feature: torch.Tensor
     logits: torch.Tensor
+    logits_kl: torch.Tensor
 
 
 def dape_loss(
@@ -46,7 +52,14 @@ def dape_loss(
     targets = torch.sigmoid(teacher_logits.detach().float())
     feature = F.mse_loss(student_embeds.float(), teacher_embeds)
     logits = F.binary_cross_entropy_with_logits(student_logits.float(), targets)
-    return DAPELoss(total=feature_weight * feature + logits_weight * logits, feature=feature, logits=logits)
+    with torch.no_grad():
+        entropy = F.binary_cross_entropy_with_logits(teacher_logits.detach().float(), targets)
+    return DAPELoss(
+        total=feature_weight * feature + logits_weight * logits,
+        feature=feature,
+        logits=logits,
+        logits_kl=logits.detach() - entropy,
+    )
 
 
 def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,250 @@
+"""Stage 1: train DAPE, the degradation-aware prompt extractor (paper §3.2, Eq. 1; REFERENCE.md §5).
+
+``main(config)`` reads top to bottom: build -> freeze -> select trainable -> loop -> save.
+
+A frozen RAM teacher sees the HR image ``x``, a LoRA-adapted copy of the same RAM (the student, rank 8 on the Swin
+``qkv`` q/v rows and on the tagging head's cross-attention query/key) sees the degraded LR image ``y``; both inputs
+are resized to 384x384 (bilinear, no antialias) and ImageNet-normalised. The loss is Eq. (1):
+
+    L = MSE(f_y^rep, f_x^rep) + λ · BCE(f_y^logits, σ(f_x^logits)),   λ = 1,
+
+with ``f^rep`` the (B, 145, 512) image embeddings and ``f^logits`` the (B, 4585) tag logits. The student trains in
+train mode (Swin drop-path 0.1 active, as the official ``net_g``), the teacher in eval mode.
+
+Outputs in ``train.output_dir``: ``DAPE.pth`` (the official flat ``{name: lora tensor}`` layout) and ``tagger/``
+(the LoRA merged into RAM, safetensors, loadable by :class:`seesr.tagger.DAPETagger` / ``seesr tag --model``).
+Fixes over the official code (REFERENCE.md §7): BCE in logits space (#30), DDP-safe forward (#31), files paired by
+stem (#24).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seesr.training import data as training_data
+from seesr.training.checkpointing import install_trainable_state_hooks
+from seesr.training.common import (
+    EpochShuffleSampler,
+    StepCounter,
+    TrainingError,
+    TrainResult,
+    build_accelerator,
+    build_lr_scheduler,
+    build_optimizer,
+    checkpoint_step,
+    effective_learning_rate,
+    epoch_loader,
+    progress_bar,
+    prune_checkpoints,
+    resolve_max_train_steps,
+    resolve_resume_checkpoint,
+    step_seed,
+    trainable_parameters,
+    weight_dtype_for,
+)
+from seesr.training.config import TrainDAPEConfig, write_run_record
+from seesr.training.export import export_dape, load_dape_student, load_frozen_tagger
+from seesr.training.losses import dape_loss
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def main(config: TrainDAPEConfig) -> TrainResult:
+    """Train stage 1 as configured; returns the losses of this call and where ``DAPE.pth`` was written."""
+    train, optim = config.train, config.optim
+    output_dir = Path(train.output_dir)
+
+    # 1. Accelerator, seeding, run record.
+    accelerator = build_accelerator(train, config.logging)
+    from accelerate.utils import set_seed
+
+    set_seed(train.seed, device_specific=True)
+    if accelerator.is_main_process:
+        write_run_record(config, output_dir, extra={"stage": "dape", "num_processes": accelerator.num_processes})
+    device = accelerator.device
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+
+    # 2. Build: teacher = plain RAM, student = the same RAM with DAPE LoRA layers (fresh, or from a DAPE.pth).
+    teacher = load_frozen_tagger(config.model.ram_model_path, None, config.model.ram_config_dir)
+    student = load_dape_student(config.model)
+
+    # 3. Freeze the teacher (eval, AMP dtype); the student keeps fp32 master weights and trains in train mode.
+    teacher.requires_grad_(False)
+    teacher.eval()
+    torch.nn.Module.to(teacher, device=device, dtype=weight_dtype)  # (ModelMixin.to warns spuriously on dtype)
+    student.train(config.model.student_dropout)  # train mode = drop-path/dropout active (official)
+    if train.gradient_checkpointing:
+        _base_tagger(student).visual_encoder.set_grad_checkpointing(True)  # timm Swin blocks
+
+    # 4. Select trainable: only the LoRA tensors (apply_dape_lora marks them).
+    params = trainable_parameters([student])
+    logger.info(
+        "trainable LoRA parameters: %d tensors, %.3fM values (of %.1fM)",
+        len(params),
+        sum(p.numel() for p in params) / 1e6,
+        sum(p.numel() for p in student.parameters()) / 1e6,
+    )
+
+    # 5. Data, optimiser, schedule.
+    dataset = training_data.build_dataset(config.data, with_tags=False, seed=train.seed, online_mode="resize")
+    sampler = EpochShuffleSampler(len(dataset), seed=train.seed, shuffle=config.data.shuffle)
+    loader = training_data.build_loader(dataset, sampler, train.train_batch_size, config.data.num_workers)
+    optimizer = build_optimizer(params, optim, effective_learning_rate(optim, train, accelerator.num_processes))
+    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
+    max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
+    lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter, lr_scheduler)
+    install_trainable_state_hooks(accelerator)
+
+    # 6. Resume.
+    resume_from = resolve_resume_checkpoint(output_dir, train.resume_from_checkpoint)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+        accelerator.load_state(str(resume_from))
+        if counter.step != checkpoint_step(resume_from):
+            raise TrainingError(
+                f"{resume_from} records step {counter.step}, its name says {checkpoint_step(resume_from)}"
+            )
+    global_step = counter.step
+    steps_per_epoch = max(1, math.ceil(len(loader) / train.gradient_accumulation_steps))
+    first_epoch = global_step // steps_per_epoch
+    skip_batches = (global_step - first_epoch * steps_per_epoch) * train.gradient_accumulation_steps
+    if accelerator.is_main_process:
+        accelerator.init_trackers("seesr-train-dape")
+
+    # 7. Loop (with the optional validation loss before the first step and every loss_steps).
+    losses: dict[int, float] = {}
+    learnable: dict[int, float] = {}  # the loss minus its constant floor (the teacher's entropy)
+    validation_losses: dict[int, float] = {}
+    loss_every = config.validation.loss_steps or 0
+    validation_batch = training_data.first_items(dataset, config.validation.loss_images) if loss_every else None
+    if loss_every and global_step < max_train_steps:
+        validation_losses[global_step] = _validation_loss(accelerator, config, teacher, student, validation_batch)
+        accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
+    bar = progress_bar(max_train_steps, global_step, config.logging.progress_bar and accelerator.is_local_main_process)
+    micro_index = 0
+    sums = {"loss": 0.0, "loss_feature": 0.0, "loss_logits": 0.0, "loss_logits_kl": 0.0}
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        batches = epoch_loader(
+            accelerator, loader, sampler, dataset, epoch, skip_batches if epoch == first_epoch else 0
+        )
+        for batch in batches:
+            micro_step = global_step * train.gradient_accumulation_steps + micro_index
+            with accelerator.accumulate(student):
+                with torch.no_grad():
+                    pair = training_data.dape_inputs(
+                        batch, config.data, step_seed(train.seed + 1, micro_step, accelerator.process_index), device
+                    )
+                    teacher_out = teacher(pair.hr_ram.to(weight_dtype))
+                # The prepared (possibly DDP-wrapped) student is called through forward (REFERENCE.md §7 #31).
+                student_out = student(pair.lr_ram)
+                terms = dape_loss(
+                    student_out.image_embeds,
+                    teacher_out.image_embeds,
+                    student_out.logits,
+                    teacher_out.logits,
+                    feature_weight=config.loss.feature_weight,
+                    logits_weight=config.loss.logits_weight,
+                )
+                accelerator.backward(terms.total)
+                if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            values = torch.stack(
+                [terms.total.detach(), terms.feature.detach(), terms.logits.detach(), terms.logits_kl]
+            )
+            gathered = accelerator.gather(values.reshape(1, len(sums))).mean(dim=0).tolist()
+            for key, value in zip(sums, gathered, strict=True):
+                sums[key] += value
+            micro_index += 1
+            if not accelerator.sync_gradients:
+                continue
+            if not optimizer.step_was_skipped:
+                lr_scheduler.step()
+            logs = {key: value / micro_index for key, value in sums.items()}
+            sums = dict.fromkeys(sums, 0.0)
+            micro_index = 0
+            global_step += 1
+            counter.step = global_step
+            losses[global_step] = logs["loss"]
+            learnable[global_step] = config.loss.feature_weight * logs["loss_feature"] + (
+                config.loss.logits_weight * logs["loss_logits_kl"]
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if global_step % config.logging.log_every == 0:
+                accelerator.log({**logs, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            if loss_every and (global_step % loss_every == 0 or global_step == max_train_steps):
+                validation_losses[global_step] = _validation_loss(
+                    accelerator, config, teacher, student, validation_batch
+                )
+                accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
+            if global_step % train.checkpointing_steps == 0:
+                if accelerator.is_main_process and train.checkpoints_total_limit is not None:
+                    prune_checkpoints(output_dir, train.checkpoints_total_limit - 1)
+                accelerator.wait_for_everyone()
+                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+            if global_step >= max_train_steps:
+                break
+    bar.close()
+
+    # 8. Save: DAPE.pth (official layout) and the merged tagger (safetensors).
+    accelerator.wait_for_everyone()
+    final = None
+    if global_step >= max_train_steps:
+        if accelerator.is_main_process:
+            final = export_dape(accelerator.unwrap_model(student), config.model, output_dir)
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        output_dir=output_dir,
+        global_step=global_step,
+        losses=losses,
+        final_model_dir=final,
+        models={"student": accelerator.unwrap_model(student)},
+        extra_losses={"loss_above_floor": learnable, "val_loss": validation_losses},
+    )
+
+
+def _base_tagger(student: torch.nn.Module) -> torch.nn.Module:
+    """The DAPETagger inside a peft wrapper (or the module itself)."""
+    get_base = getattr(student, "get_base_model", None)
+    return get_base() if callable(get_base) else student
+
+
+@torch.no_grad()
+def _validation_loss(
+    accelerator: Any, config: TrainDAPEConfig, teacher: torch.nn.Module, student: torch.nn.Module, batch: dict
+) -> float:
+    """Eq. (1) minus its constant floor (feature term + λ·KL) on ``batch``, student in eval mode (no dropout)."""
+    pair = training_data.dape_inputs(batch, config.data, config.train.seed, accelerator.device)
+    unwrapped = accelerator.unwrap_model(student)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    try:
+        with accelerator.autocast():
+            student_out = unwrapped(pair.lr_ram)
+    finally:
+        unwrapped.train(was_training)
+    teacher_out = teacher(pair.hr_ram.to(next(teacher.parameters()).dtype))
+    terms = dape_loss(
+        student_out.image_embeds,
+        teacher_out.image_embeds,
+        student_out.logits,
+        teacher_out.logits,
+        config.loss.feature_weight,
+        config.loss.logits_weight,
+    )
+    return (config.loss.feature_weight * terms.feature + config.loss.logits_weight * terms.logits_kl).item()

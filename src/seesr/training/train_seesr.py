@@ -1,0 +1,479 @@
+"""Stage 2: train SeeSR's ControlNet and RCA layers on a frozen Stable Diffusion 2 base (paper §3.3, Eq. 2;
+REFERENCE.md §4).
+
+``main(config)`` reads top to bottom: build -> freeze -> select trainable -> loop -> save.
+
+Per optimisation (micro-)step, for a batch of GT ``x`` (B, 3, H, W) in [0, 1] and its LR image upscaled to the same
+size ``c`` (B, 3, H, W) in [0, 1]:
+
+1. ``z0 = VAE.encode(2x − 1).sample() · 0.18215``; ``t ~ U{0..999}``, ``ε ~ N(0, I)``, ``z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε``;
+2. text = CLIP(tags), where each tag prompt is replaced by "" with probability ``null_text_ratio`` (0.5);
+3. DAPE embeddings ``r`` (B, 145, 512) of ``c`` (bicubic to 384, clamped, ImageNet-normalised), never dropped;
+4. ``ε̂ = UNet(z_t, t, text, r, ControlNet(z_t, t, text, c, r))``; loss ``‖ε − ε̂‖²`` (Eq. 2).
+
+Fixes over the official script (REFERENCE.md §7): the UNet is built from the stock SD-2 UNet with fresh RCA
+(#22), files are paired by stem (#24), the data are shuffled (#28), checkpoints every 10000 steps (#27), and the
+final ControlNet and UNet are saved to separate ``controlnet/`` and ``unet/`` folders (#23).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seesr.training import data as training_data
+from seesr.training.checkpointing import install_trainable_state_hooks
+from seesr.training.common import (
+    EpochShuffleSampler,
+    StepCounter,
+    TrainingError,
+    TrainResult,
+    build_accelerator,
+    build_lr_scheduler,
+    build_optimizer,
+    checkpoint_step,
+    effective_learning_rate,
+    epoch_loader,
+    progress_bar,
+    prune_checkpoints,
+    resolve_max_train_steps,
+    resolve_resume_checkpoint,
+    step_generator,
+    step_seed,
+    trainable_parameters,
+    weight_dtype_for,
+)
+from seesr.training.config import TrainSeeSRConfig, config_to_dict, write_run_record
+from seesr.training.export import export_seesr_model, load_frozen_tagger
+from seesr.training.losses import diffusion_loss
+
+__all__ = ["SeeSRTrainingModule", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+class SeeSRTrainingModule(nn.Module):
+    """ControlNet followed by the UNet, as one module so that one DDP wrapper synchronises every trainable tensor.
+
+    Args:
+        unet: SeeSR UNet (stock SD-2 UNet + RCA); only its RCA layers require grad.
+        controlnet: SeeSR ControlNet (fully trainable).
+        residual_dtype: dtype the ControlNet residuals are cast to before entering the UNet (the official script
+            casts them to the mixed-precision weight dtype).
+    """
+
+    def __init__(self, unet: nn.Module, controlnet: nn.Module, residual_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.unet = unet
+        self.controlnet = controlnet
+        self.residual_dtype = residual_dtype
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeds: torch.Tensor,
+        control_image: torch.Tensor,
+        image_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """Noise prediction.
+
+        Args:
+            noisy_latents: (B, 4, h, w) ``z_t``.
+            timesteps: (B,) int64 diffusion steps.
+            text_embeds: (B, 77, D_text) CLIP text embeddings.
+            control_image: (B, 3, 8h, 8w) LR image upscaled to the GT size, in [0, 1].
+            image_embeds: (B, 145, D_img) DAPE embeddings (the RCA context).
+
+        Returns:
+            (B, 4, h, w) predicted noise (or velocity for v-prediction schedulers).
+        """
+        from seesr.models.image_cross_attention import IMAGE_KEY
+
+        attention_kwargs = {IMAGE_KEY: image_embeds}
+        down_residuals, mid_residual = self.controlnet(
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=text_embeds,
+            controlnet_cond=control_image,
+            conditioning_scale=1.0,
+            cross_attention_kwargs=attention_kwargs,
+            return_dict=False,
+        )
+        return self.unet(
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=text_embeds,
+            cross_attention_kwargs=attention_kwargs,
+            down_block_additional_residuals=[residual.to(self.residual_dtype) for residual in down_residuals],
+            mid_block_additional_residual=mid_residual.to(self.residual_dtype),
+            return_dict=False,
+        )[0]
+
+
+def _build_models(config: TrainSeeSRConfig) -> dict[str, Any]:
+    """Load every component (on CPU, fp32); the UNet/ControlNet pair gets fresh or resumed RCA layers."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from seesr.models.build import build_seesr_unet_and_controlnet
+    from seesr.models.image_cross_attention import freeze_all_but_image_cross_attention
+    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
+
+    model = config.model
+    base = Path(model.pretrained_model_name_or_path)
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (base / part).is_dir():
+            raise TrainingError(f"{base} is not a Stable Diffusion 2 base folder: {part}/ is missing")
+
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
+    if len(tokenizer) != text_encoder.config.vocab_size:  # a folder without vocab files loads silently (ECOSYSTEM §6)
+        raise TrainingError(
+            f"{base / 'tokenizer'} gives {len(tokenizer)} tokens but the text encoder expects "
+            f"{text_encoder.config.vocab_size}: vocab.json / merges.txt are missing or wrong"
+        )
+    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32)
+    noise_scheduler = DDPMScheduler.from_pretrained(base / "scheduler")  # named explicitly: the file says PNDM
+    tagger = load_frozen_tagger(model.ram_model_path, model.dape_model_path, model.ram_config_dir)
+    image_dim = int(tagger.config.image_embed_dim)  # the one home of the soft-prompt width
+
+    if model.unet_model_name_or_path:
+        unet = load_seesr_unet(model.unet_model_name_or_path, image_cross_attention_dim=image_dim)
+        freeze_all_but_image_cross_attention(unet)
+        if model.controlnet_model_name_or_path:
+            controlnet = load_seesr_controlnet(
+                model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim
+            )
+        else:
+            raise TrainingError("model.unet_model_name_or_path needs model.controlnet_model_name_or_path as well")
+    else:
+        base_unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32)
+        unet, controlnet = build_seesr_unet_and_controlnet(base_unet, image_dim, unet_trainable="rca")
+        if model.controlnet_model_name_or_path:
+            controlnet = load_seesr_controlnet(
+                model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim
+            )
+    controlnet.requires_grad_(True)
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        noise_scheduler=noise_scheduler,
+        tagger=tagger,
+        unet=unet,
+        controlnet=controlnet,
+    )
+
+
+def _encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """(B, 77, D) CLIP last hidden states; padded to the encoder's positions, no attention mask (as SD-2)."""
+    ids = tokenizer(
+        prompts,
+        max_length=text_encoder.config.max_position_embeddings,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def main(config: TrainSeeSRConfig) -> TrainResult:
+    """Train stage 2 as configured; returns the losses of this call and where the model was written."""
+    train, optim = config.train, config.optim
+    output_dir = Path(train.output_dir)
+
+    # 1. Accelerator, seeding, run record. Unused-parameter detection stays off: every trainable tensor is used.
+    accelerator = build_accelerator(train, config.logging)
+    from accelerate.utils import set_seed
+
+    set_seed(train.seed, device_specific=True)
+    if accelerator.is_main_process:
+        write_run_record(config, output_dir, extra={"stage": "seesr", "num_processes": accelerator.num_processes})
+    device = accelerator.device
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+
+    # 2. Build.
+    parts = _build_models(config)
+    tokenizer, text_encoder, vae = parts["tokenizer"], parts["text_encoder"], parts["vae"]
+    noise_scheduler, tagger = parts["noise_scheduler"], parts["tagger"]
+    unet, controlnet = parts["unet"], parts["controlnet"]
+
+    # 3. Freeze: VAE, text encoder and DAPE are frozen, in eval mode and stored in the AMP dtype.
+    for frozen in (vae, text_encoder, tagger):
+        frozen.requires_grad_(False)
+        frozen.eval()
+        nn.Module.to(frozen, device=device, dtype=weight_dtype)  # (ModelMixin.to warns spuriously on dtype casts)
+    if not config.model.keep_frozen_unet_fp32 and weight_dtype != torch.float32:
+        for param in unet.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(weight_dtype)
+    if train.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        controlnet.enable_gradient_checkpointing()
+    unet.train()
+    controlnet.train()
+
+    # 4. Select trainable: the whole ControlNet and the RCA layers of the UNet (by type, not by name).
+    module = SeeSRTrainingModule(unet, controlnet, residual_dtype=weight_dtype)
+    params = trainable_parameters([controlnet, unet])
+    logger.info(
+        "trainable parameters: %.1fM of %.1fM (ControlNet %.1fM, UNet RCA %.1fM)",
+        sum(p.numel() for p in params) / 1e6,
+        sum(p.numel() for p in module.parameters()) / 1e6,
+        sum(p.numel() for p in controlnet.parameters()) / 1e6,
+        sum(p.numel() for p in unet.parameters() if p.requires_grad) / 1e6,
+    )
+
+    # 5. Data, optimiser, schedule.
+    dataset = training_data.build_dataset(config.data, with_tags=True, seed=train.seed, online_mode="crop")
+    sampler = EpochShuffleSampler(len(dataset), seed=train.seed, shuffle=config.data.shuffle)
+    loader = training_data.build_loader(dataset, sampler, train.train_batch_size, config.data.num_workers)
+    optimizer = build_optimizer(params, optim, effective_learning_rate(optim, train, accelerator.num_processes))
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
+    lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
+    counter = StepCounter()
+    accelerator.register_for_checkpointing(counter, lr_scheduler)
+    install_trainable_state_hooks(accelerator)
+
+    # 6. Resume.
+    resume_from = resolve_resume_checkpoint(output_dir, train.resume_from_checkpoint)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+        accelerator.load_state(str(resume_from))
+        if counter.step != checkpoint_step(resume_from):
+            raise TrainingError(
+                f"{resume_from} records step {counter.step}, its name says {checkpoint_step(resume_from)}"
+            )
+    global_step = counter.step
+    steps_per_epoch = max(1, math.ceil(len(loader) / train.gradient_accumulation_steps))
+    first_epoch = global_step // steps_per_epoch
+    skip_batches = (global_step - first_epoch * steps_per_epoch) * train.gradient_accumulation_steps
+
+    if accelerator.is_main_process:
+        tracker_config = {
+            k: v for k, v in _flatten(config_to_dict(config)).items() if isinstance(v, int | float | str | bool)
+        }
+        accelerator.init_trackers("seesr-train-seesr", config=tracker_config)
+
+    # 7. Loop (with the optional fixed-draw validation loss before the first step and every loss_steps).
+    losses: dict[int, float] = {}
+    validation_losses: dict[int, float] = {}
+    loss_every = config.validation.loss_steps or 0
+    validation_batch = training_data.first_items(dataset, config.validation.loss_images) if loss_every else None
+    if loss_every and global_step < max_train_steps:
+        validation_losses[global_step] = _validation_loss(accelerator, config, parts, module, validation_batch)
+        accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
+    bar = progress_bar(max_train_steps, global_step, config.logging.progress_bar and accelerator.is_local_main_process)
+    micro_index = 0
+    accumulated = 0.0
+    scaling_factor = vae.config.scaling_factor
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        batches = epoch_loader(
+            accelerator, loader, sampler, dataset, epoch, skip_batches if epoch == first_epoch else 0
+        )
+        for batch in batches:
+            micro_step = global_step * train.gradient_accumulation_steps + micro_index
+            generator = step_generator(train.seed, micro_step, accelerator.process_index, device)
+            with accelerator.accumulate(module):
+                with torch.no_grad():
+                    pair = training_data.stage2_inputs(
+                        batch, config.data, step_seed(train.seed + 1, micro_step, accelerator.process_index), device
+                    )
+                    latents = vae.encode(pair.gt.to(weight_dtype)).latent_dist.sample(generator=generator)
+                    latents = latents.float() * scaling_factor
+                    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+                    timesteps = torch.randint(
+                        0, num_train_timesteps, (latents.shape[0],), generator=generator, device=device
+                    ).long()
+                    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                    tags = training_data.fill_missing_tags(pair.tags, pair.gt, tagger)
+                    keep = torch.rand(len(tags), generator=generator, device=device) >= config.model.null_text_ratio
+                    prompts = [tag if kept else "" for tag, kept in zip(tags, keep.tolist(), strict=True)]
+                    text_embeds = _encode_prompts(tokenizer, text_encoder, prompts, device)
+                    ram_input = training_data.stage2_ram_input(pair.control).to(dtype=weight_dtype)
+                    image_embeds = tagger.encode_image(ram_input)[1]  # soft prompt only: no tagging head needed
+                    control = pair.control.to(device=device, dtype=weight_dtype)
+                    if noise_scheduler.config.prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        target = noise
+
+                prediction = module(noisy_latents, timesteps, text_embeds, control, image_embeds)
+                loss = diffusion_loss(prediction, target)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item()
+            micro_index += 1
+            if not accelerator.sync_gradients:
+                continue
+            if not optimizer.step_was_skipped:
+                lr_scheduler.step()
+            step_loss = accumulated / micro_index
+            accumulated, micro_index = 0.0, 0
+            global_step += 1
+            counter.step = global_step
+            losses[global_step] = step_loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            if global_step % config.logging.log_every == 0:
+                accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+
+            if global_step % train.checkpointing_steps == 0:
+                _save_checkpoint(accelerator, output_dir, global_step, train.checkpoints_total_limit)
+            if loss_every and (global_step % loss_every == 0 or global_step == max_train_steps):
+                validation_losses[global_step] = _validation_loss(accelerator, config, parts, module, validation_batch)
+                accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
+            if config.validation.steps and global_step % config.validation.steps == 0:
+                _validate(accelerator, config, parts, module, global_step)
+            if global_step >= max_train_steps:
+                break
+    bar.close()
+
+    # 8. Save: official unet/ + controlnet/ (separate folders) and a complete model folder.
+    accelerator.wait_for_everyone()
+    final_dir = None
+    if global_step >= max_train_steps:
+        final_dir = output_dir / "model"
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(module)
+            for frozen in (vae, text_encoder, tagger, unwrapped.unet, unwrapped.controlnet):
+                nn.Module.to(frozen, dtype=torch.float32)  # saved weights are float32 whatever the AMP dtype
+            export_seesr_model(
+                unwrapped.unet, unwrapped.controlnet, config.model, final_dir, output_dir / "official", parts
+            )
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    unwrapped = accelerator.unwrap_model(module)
+    return TrainResult(
+        output_dir=output_dir,
+        global_step=global_step,
+        losses=losses,
+        final_model_dir=final_dir,
+        models={"unet": unwrapped.unet, "controlnet": unwrapped.controlnet},
+        extra_losses={"val_loss": validation_losses},
+    )
+
+
+def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, keep: int | None) -> None:
+    if accelerator.is_main_process and keep is not None:
+        prune_checkpoints(output_dir, keep - 1)
+    accelerator.wait_for_everyone()
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    logger.info("saved %s", path)
+
+
+@torch.no_grad()
+def _validation_loss(
+    accelerator: Any, config: TrainSeeSRConfig, parts: dict[str, Any], module: nn.Module, batch: dict[str, Any]
+) -> float:
+    """Eq. (2) with fixed draws on ``batch``: every image at ``loss_timesteps`` evenly spread timesteps, fixed noise
+    from ``Generator().manual_seed(validation.seed)``, posterior means as latents, captions kept (no dropout)."""
+    validation = config.validation
+    device = accelerator.device
+    vae, tagger, scheduler = parts["vae"], parts["tagger"], parts["noise_scheduler"]
+    dtype = next(vae.parameters()).dtype
+    unwrapped = accelerator.unwrap_model(module)
+    pair = training_data.stage2_inputs(batch, config.data, validation.seed, device)
+    count, steps = pair.gt.shape[0], validation.loss_timesteps
+    total = scheduler.config.num_train_timesteps
+    timesteps = ((torch.arange(steps, dtype=torch.float64) + 0.5) * total / steps).long().repeat(count).to(device)
+    latents = vae.encode(pair.gt.to(dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+    latents = latents.repeat_interleave(steps, dim=0)
+    generator = torch.Generator().manual_seed(validation.seed)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    tags = training_data.fill_missing_tags(pair.tags, pair.gt, tagger)
+    text = _encode_prompts(parts["tokenizer"], parts["text_encoder"], tags, device).repeat_interleave(steps, dim=0)
+    image_embeds = tagger.encode_image(training_data.stage2_ram_input(pair.control).to(dtype))[1]
+    image_embeds = image_embeds.repeat_interleave(steps, dim=0)
+    control = pair.control.to(dtype).repeat_interleave(steps, dim=0)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    was_training = unwrapped.training
+    unwrapped.eval()
+    try:
+        with accelerator.autocast():
+            prediction = unwrapped(
+                scheduler.add_noise(latents, noise, timesteps), timesteps, text, control, image_embeds
+            )
+    finally:
+        unwrapped.train(was_training)
+    return diffusion_loss(prediction, target).item()
+
+
+def _validate(
+    accelerator: Any, config: TrainSeeSRConfig, parts: dict[str, Any], module: nn.Module, step: int
+) -> list[Any]:
+    """Upscale ``validation.images`` with the current weights through :class:`SeeSRPipeline` into
+    ``<output_dir>/validation/step-<step>/`` (and TensorBoard); returns the PIL images (main process only)."""
+    if not accelerator.is_main_process:
+        return []
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
+    from seesr.utils.images import load_image, save_image_atomic
+
+    unwrapped = accelerator.unwrap_model(module)
+    pipeline = SeeSRPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=unwrapped.unet,
+        controlnet=unwrapped.controlnet,
+        scheduler=parts["noise_scheduler"],
+        tagger=parts["tagger"],
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    folder = Path(config.train.output_dir) / "validation" / f"step-{step:07d}"
+    unwrapped.unet.eval()
+    unwrapped.controlnet.eval()
+    images = []
+    try:
+        with accelerator.autocast():
+            for index, path in enumerate(config.validation.images):
+                result = pipeline(
+                    load_image(path).rgb,
+                    num_inference_steps=config.validation.num_inference_steps,
+                    guidance_scale=config.validation.guidance_scale,
+                    seed=config.validation.seed,
+                )
+                image = result.images[0]
+                save_image_atomic(
+                    image, folder / f"{index:02d}_{Path(path).stem}.png", metadata={"prompt": result.prompts[0]}
+                )
+                images.append(image)
+    finally:
+        unwrapped.unet.train()
+        unwrapped.controlnet.train()
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+
+            for index, image in enumerate(images):
+                tracker.writer.add_image(f"validation/{index}", np.asarray(image), step, dataformats="HWC")
+    logger.info("validation images written to %s", folder)
+    return images
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
