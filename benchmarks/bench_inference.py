@@ -13,7 +13,8 @@ Cases (``--cases``, comma separated; full size / tiny):
 * ``x4_1024``  1024² -> 4096², 50 steps (36 tiles, banded VAE)      / 48² -> 192², 4 steps, tiled
 * ``turbo_128`` / ``turbo_512``: turbo mode (SD-turbo UNet + grafted RCA, 2 trailing steps, no CFG, overlap 32)
 * ``offload_128`` / ``offload_512``: as ``x4_*`` with model CPU offload (the <= 8 GB card setting; CUDA only;
-  offload cases always run last because they leave the models offloaded)
+  offload cases always run last because they leave the models offloaded); ``offload_seq_128``: sequential offload
+  (run it in its own process: a pipeline cannot switch from model to sequential offload)
 * ``check_tiny``: correctness on the device: the tiny bundle in the exact fp32 path vs the fast path (PSNR) and
   CUDA graphs vs eager (max difference); the GPU counterpart of ``tests/speed``.
 
@@ -115,6 +116,7 @@ FULL_CASES: dict[str, Case] = {
     ),
     "offload_128": Case("offload_128", 128, offload="model", min_seconds=60),
     "offload_512": Case("offload_512", 512, offload="model", min_seconds=150),
+    "offload_seq_128": Case("offload_seq_128", 128, offload="sequential", min_seconds=90),
 }
 TINY_CASES: dict[str, Case] = {
     "x4_128": Case("x4_128", 16, steps=4, latent_tile_size=12, process_size=64, min_seconds=0),
@@ -147,6 +149,9 @@ TINY_CASES: dict[str, Case] = {
     ),
     "offload_512": Case(
         "offload_512", 32, steps=4, latent_tile_size=12, process_size=64, min_seconds=0, offload="model"
+    ),
+    "offload_seq_128": Case(
+        "offload_seq_128", 16, steps=4, latent_tile_size=12, process_size=64, min_seconds=0, offload="sequential"
     ),
 }
 DEFAULT_CASES = "x4_128,turbo_128,x4_512,x4_1024"

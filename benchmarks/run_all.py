@@ -10,7 +10,8 @@ measured:
                           turbo 512²->2048²;
 3. ``train-step``         bench_train_step.py: one stage-2 training step (batch 4, 512², bf16);
 4. ``degradation``        bench_degradation.py: Real-ESRGAN degradation throughput (when present);
-5. ``inference-offload``  bench_inference with model CPU offload (the <= 8 GB card setting) on 128² and 512²;
+5. ``inference-offload``  bench_inference with model CPU offload (the <= 8 GB card setting) on 128² and 512²,
+   then ``inference-offload-seq`` with sequential offload on 128²;
 6. ``inference-baseline`` bench_inference baseline mode (fp16, official per-tile loop) on 128² and 512² inputs;
 7. ``inference-compile``  bench_inference fast mode with ``--compile`` on 128² and 512² inputs.
 
@@ -120,6 +121,13 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
             "inference-offload",
             "bench_inference.py",
             [*inference, "--mode", "fast", "--cases", "offload_128,offload_512"],
+            90 * scale,
+            passes_deadline=True,
+        ),
+        Job(
+            "inference-offload-seq",
+            "bench_inference.py",
+            [*inference, "--mode", "fast", "--cases", "offload_seq_128"],
             90 * scale,
             passes_deadline=True,
         ),

@@ -151,7 +151,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--dtype",
         choices=("fp32", "fp16", "bf16"),
         default=None,
-        help="weights/compute precision (default: fp32 on CPU, the exact mode; fp16 on GPUs)",
+        help="weights/compute precision (default: fp32 on CPU, the exact mode; on GPUs bf16 with the fast path, "
+        "fp16 with --no-fast)",
     )
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument(
