@@ -157,6 +157,8 @@ def _upscale_with_retries(pipe: Any, image: Image.Image, settings: UpscaleSettin
             except Exception as error:
                 if not _is_oom(error):
                     raise
+                if getattr(pipe, "_fast_predictor", None) is not None:
+                    pipe._fast_predictor = None  # release the fast path's CUDA graphs (their memory pools) too
                 _free_accelerator_memory()
                 current = tile if isinstance(tile, int) else _resolved_auto_tile(pipe)
                 width, height = process_size_for(*image.size, settings.scale, settings.process_size)
