@@ -126,3 +126,19 @@ def test_turbo_pipeline_runs_two_steps_without_cfg(tiny_pipeline_parts: dict[str
         handle.remove()
     assert calls == [(1, 999), (1, 499)]  # batch 1: no CFG pair; trailing 2-step timesteps
     assert output.images[0].size == (64, 64)
+
+
+def test_graft_from_a_stock_diffusers_folder(tiny_models: dict[str, Any], tmp_path: Path) -> None:
+    """The real SD-turbo ``unet/`` has no RCA tensors: every other tensor is loaded strictly, RCA comes from SeeSR."""
+    config = json.loads((TINY / "unet" / "config.json").read_text())
+    config.pop("use_image_cross_attention")
+    torch.manual_seed(1)
+    stock = UNet2DConditionModel.from_config(config)
+    stock.save_pretrained(tmp_path / "sd-turbo" / "unet")
+    seesr = _perturbed(tiny_models["unet"])
+    grafted = graft_rca(tmp_path / "sd-turbo", seesr, dtype=torch.float32, device="cpu")
+    rca, rest = _split(grafted)
+    _assert_same(rca, _split(seesr)[0])
+    from seesr.models.convert import official_to_seesr_keys
+
+    _assert_same(rest, official_to_seesr_keys(stock.state_dict()))
