@@ -118,7 +118,14 @@ def pairs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory, pairs_dir) -> Path:
+    """SD-2-base stand-in whose UNet was pre-trained as a denoiser on ``pairs_dir`` (for the learning tests)."""
     return make_base_model(tmp_path_factory.mktemp("sd2base") / "sd2", pretrain_on=pairs_dir)
+
+
+@pytest.fixture(scope="session")
+def raw_base_model_dir(tmp_path_factory) -> Path:
+    """SD-2-base stand-in with a random stock UNet (for tests that do not measure learning)."""
+    return make_base_model(tmp_path_factory.mktemp("sd2raw") / "sd2")
 
 
 def seesr_overrides(base: Path, data: Path, output: Path, **extra: object) -> list[str]:

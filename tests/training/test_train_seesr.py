@@ -164,6 +164,8 @@ def test_stage2_outputs_load_into_the_pipeline_and_upscale(seesr_run, tmp_path):
                 str(outdir),
                 "--steps",
                 "2",
+                "--process-size",
+                "64",
                 "--device",
                 "cpu",
                 "--quiet",

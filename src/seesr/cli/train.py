@@ -12,6 +12,12 @@ import sys
 
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 
+ACCELERATE_CONFIGS = {
+    "ddp": "accelerate_ddp.yaml",
+    "fsdp": "accelerate_fsdp.yaml",
+    "deepspeed": "accelerate_deepspeed_zero2.yaml",
+}
+
 STAGES = {
     "dape": "stage 1: train DAPE (RAM + LoRA) to extract prompts from degraded images",
     "seesr": "stage 2: train the ControlNet and the RCA layers on a frozen SD-2 base",
@@ -25,8 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Train one of the two SeeSR stages from a YAML config. Values resolve as: built-in defaults (the "
             "official hyper-parameters) <- --config FILE <- --set overrides. Every run writes config.yaml and "
-            "versions.json into its output folder. For several GPUs or nodes run the same command under "
-            "`accelerate launch` (e.g. `accelerate launch --multi_gpu --num_processes 8 -m seesr train seesr ...`)."
+            "versions.json into its output folder, checkpoints to checkpoint-<step>/ (resume with --resume latest) "
+            "and TensorBoard logs to logs/. For several GPUs or nodes run the same command under `accelerate "
+            "launch`, e.g. `accelerate launch --config_file ddp.yaml -m seesr train seesr --config c.yaml`; "
+            "`--print-accelerate-config ddp|fsdp|deepspeed` prints a DDP, FSDP or DeepSpeed ZeRO-2 launch config "
+            "to start from."
         ),
     )
     stages = parser.add_subparsers(dest="stage", metavar="STAGE")
@@ -55,6 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "--output-dir", metavar="DIR", help="run folder (same as --set train.output_dir=DIR)"
         )
         stage_parser.add_argument(
+            "--print-accelerate-config",
+            choices=tuple(ACCELERATE_CONFIGS),
+            metavar="KIND",
+            help="print a launch config for `accelerate launch --config_file` (ddp, fsdp or deepspeed) and exit",
+        )
+        stage_parser.add_argument(
             "--print-config",
             action="store_true",
             help="print the resolved config as YAML and exit (without --config: the shipped template)",
@@ -80,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"train.resume_from_checkpoint={args.resume}")
 
+    if args.print_accelerate_config:
+        folder = default_config_path(args.stage).parent
+        sys.stdout.write((folder / ACCELERATE_CONFIGS[args.print_accelerate_config]).read_text(encoding="utf-8"))
+        return EXIT_OK
     if args.print_config and not args.config and not overrides:
         sys.stdout.write(default_config_path(args.stage).read_text(encoding="utf-8"))
         return EXIT_OK

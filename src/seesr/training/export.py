@@ -137,13 +137,19 @@ def load_official_lora(student: Any, state: dict[str, torch.Tensor], source: str
 
 
 def export_dape(student: Any, model: DAPEModelConfig, output_dir: Path) -> Path:
-    """Write ``DAPE.pth`` (official layout) and ``tagger/`` (merged, safetensors) into ``output_dir``; returns it."""
-    from seesr.tagger.lora import export_dape_state_dict, merge_dape_lora
+    """Write ``DAPE.pth`` (official layout) and ``tagger/`` (LoRA merged, safetensors) into ``output_dir``.
+
+    ``tagger/`` is built the way every released DAPE is used: the RAM checkpoint with the new ``DAPE.pth`` merged
+    in float32 (:meth:`DAPETagger.from_ram_checkpoints`), so the training model itself is left untouched.
+    Returns ``output_dir``.
+    """
+    from seesr.tagger.dape import DAPETagger
+    from seesr.tagger.lora import export_dape_state_dict
 
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.save(export_dape_state_dict(student), output_dir / "DAPE.pth")
-    merged = merge_dape_lora(student)
-    merged.to(torch.float32).save_pretrained(output_dir / "tagger", safe_serialization=True)
+    merged = DAPETagger.from_ram_checkpoints(model.ram_model_path, output_dir / "DAPE.pth", model.ram_config_dir)
+    merged.save_pretrained(output_dir / "tagger", safe_serialization=True)
     logger.info("wrote %s and %s", output_dir / "DAPE.pth", output_dir / "tagger")
     return output_dir
 

@@ -204,8 +204,9 @@ def main(config: TrainDAPEConfig) -> TrainResult:
     accelerator.wait_for_everyone()
     final = None
     if global_step >= max_train_steps:
+        final_student = _final_student(accelerator, student, config)
         if accelerator.is_main_process:
-            final = export_dape(accelerator.unwrap_model(student), config.model, output_dir)
+            final = export_dape(final_student, config.model, output_dir)
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
@@ -248,3 +249,18 @@ def _validation_loss(
         config.loss.logits_weight,
     )
     return (config.loss.feature_weight * terms.feature + config.loss.logits_weight * terms.logits_kl).item()
+
+
+def _final_student(accelerator: Any, student: torch.nn.Module, config: TrainDAPEConfig) -> Any:
+    """The trained student with whole weights on the main process (None elsewhere); FSDP / DeepSpeed shards are
+    gathered (a collective call on every process) into a fresh CPU copy."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return accelerator.unwrap_model(student)
+    state = accelerator.get_state_dict(student)
+    if not accelerator.is_main_process:
+        return None
+    copy = load_dape_student(config.model)
+    copy.load_state_dict(state, strict=True)
+    return copy

@@ -348,13 +348,11 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     final_dir = None
     if global_step >= max_train_steps:
         final_dir = output_dir / "model"
+        final_unet, final_controlnet = _final_models(accelerator, module, config)
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(module)
-            for frozen in (vae, text_encoder, tagger, unwrapped.unet, unwrapped.controlnet):
+            for frozen in (vae, text_encoder, tagger, final_unet, final_controlnet):
                 nn.Module.to(frozen, dtype=torch.float32)  # saved weights are float32 whatever the AMP dtype
-            export_seesr_model(
-                unwrapped.unet, unwrapped.controlnet, config.model, final_dir, output_dir / "official", parts
-            )
+            export_seesr_model(final_unet, final_controlnet, config.model, final_dir, output_dir / "official", parts)
         accelerator.wait_for_everyone()
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(module)
@@ -366,6 +364,26 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         models={"unet": unwrapped.unet, "controlnet": unwrapped.controlnet},
         extra_losses={"val_loss": validation_losses},
     )
+
+
+def _final_models(accelerator: Any, module: nn.Module, config: TrainSeeSRConfig) -> tuple[Any, Any]:
+    """The trained (UNet, ControlNet) with whole weights on the main process (None, None elsewhere).
+
+    Single process and DDP: the unwrapped models. FSDP / DeepSpeed: their parameters may be sharded, so the full
+    state dict is gathered (a collective call on every process) and loaded into fresh CPU copies.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        unwrapped = accelerator.unwrap_model(module)
+        return unwrapped.unet, unwrapped.controlnet
+    state = accelerator.get_state_dict(module)
+    if not accelerator.is_main_process:
+        return None, None
+    fresh = _build_models(config)
+    copy = SeeSRTrainingModule(fresh["unet"], fresh["controlnet"])
+    copy.load_state_dict(state, strict=True)
+    return copy.unet, copy.controlnet
 
 
 def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, keep: int | None) -> None:
