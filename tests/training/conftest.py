@@ -17,13 +17,20 @@ TINY_RAM = TINY / "ram"
 PAIR_SIZE = 64  # GT side; LR is PAIR_SIZE // 4
 
 
-def make_base_model(folder: Path, pretrain_on: Path | None = None, pretrain_steps: int = 250) -> Path:
+def make_base_model(
+    folder: Path,
+    pretrain_on: Path | None = None,
+    pretrain_steps: int = 250,
+    pretrain_repeats: int = 1,
+    pretrain_lr: float = 3e-3,
+) -> Path:
     """SD-2-base layout from the tiny bundle: vae/, text_encoder/, tokenizer/, scheduler/ + a *stock* unet/.
 
     The stock UNet has the tiny SeeSR UNet's config without ``use_image_cross_attention``. SeeSR's stage 2 starts
     from a *pretrained* denoiser (SD-2-base); random weights would leave the frozen UNet unable to predict noise
     at all. So, with ``pretrain_on`` (a pairs folder), the stock UNet is first trained for ``pretrain_steps`` steps
-    (all weights, AdamW 3e-3, batch = every GT) to predict the noise of those GT latents: a small stand-in for SD-2.
+    (all weights, AdamW ``pretrain_lr``, batch = every GT ``pretrain_repeats`` times with different noise) to predict the noise
+    of those GT latents: a small stand-in for SD-2.
     """
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -52,17 +59,18 @@ def make_base_model(folder: Path, pretrain_on: Path | None = None, pretrain_step
         )
         with torch.no_grad():
             latents = vae.encode(images * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+        latents = latents.repeat(pretrain_repeats, 1, 1, 1)
         from transformers import CLIPTextModel, CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         captions = [p.read_text(encoding="utf-8") for p in sorted((pretrain_on / "tag").iterdir())]
         ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.no_grad():  # the captioned prompts, as the base model saw text during its pre-training
-            text = CLIPTextModel.from_pretrained(folder / "text_encoder")(ids)[0]
-        optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+            text = CLIPTextModel.from_pretrained(folder / "text_encoder")(ids)[0].repeat(pretrain_repeats, 1, 1)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=pretrain_lr)
         for _ in range(pretrain_steps):
             noise = torch.randn(latents.shape, generator=generator)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), generator=generator)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
             prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, text).sample
             torch.nn.functional.mse_loss(prediction, noise).backward()
             optimizer.step()

@@ -145,3 +145,18 @@ def test_dape_continues_from_an_official_dape_file(dape_run):
         )
     )
     assert any(key.startswith("tag_encoder.") for key in tiny_release)
+
+
+def test_dape_on_the_fly_degradation(tmp_path, noisy_pairs_dir):
+    """data.mode=online: whole HR images resized and degraded per batch, as the official DAPE data."""
+    from seesr.training.train_dape import main
+
+    overrides = dape_overrides(
+        noisy_pairs_dir / "gt",
+        tmp_path / "online",
+        data__mode="online",
+        train__max_train_steps=1,
+    )
+    result = main(load_config("dape", None, overrides))
+    assert sorted(result.losses) == [1] and torch.isfinite(torch.tensor(result.losses[1]))
+    assert (tmp_path / "online" / "DAPE.pth").is_file()

@@ -21,11 +21,18 @@ STEPS = 30
 CHECKPOINT_AT = 27
 
 
+def _lr_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 12), (120, 40, 200)).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def seesr_run(tmp_path_factory, base_model_dir, pairs_dir):
     from seesr.training.train_seesr import main
 
     output = tmp_path_factory.mktemp("stage2") / "run"
+    validation_image = _lr_image(output.parent / "validation_lr.png")
     overrides = seesr_overrides(
         base_model_dir,
         pairs_dir,
@@ -36,6 +43,10 @@ def seesr_run(tmp_path_factory, base_model_dir, pairs_dir):
         train__seed=8,
         optim__learning_rate=2e-3,
         validation__loss_steps=STEPS,
+        validation__steps=STEPS,
+        validation__images=f"[{validation_image}]",
+        validation__num_inference_steps=2,
+        validation__process_size=64,
         logging__report_to="tensorboard",
     )
     config = load_config("seesr", None, overrides)
@@ -80,6 +91,14 @@ def test_stage2_trains_only_controlnet_and_rca(seesr_run, base_model_dir):
     assert all(block.weight.abs().sum() > 0 for block in controlnet.controlnet_down_blocks)
 
 
+def test_stage2_renders_validation_images(seesr_run):
+    """validation.steps renders validation.images through SeeSRPipeline with the weights of that step."""
+    _, _, result = seesr_run
+    (image,) = (result.output_dir / "validation" / f"step-{STEPS:07d}").glob("*.png")
+    assert image.name == "00_validation_lr.png" and Image.open(image).size == (64, 48)
+    assert "prompt" in Image.open(image).info  # the prompt the pipeline built (DAPE tags + added prompt)
+
+
 def test_stage2_writes_run_record_and_checkpoints(seesr_run):
     config, _, result = seesr_run
     out = result.output_dir
@@ -119,11 +138,6 @@ def test_stage2_resume_reproduces_the_uninterrupted_run(seesr_run, tmp_path):
             full.models[name].state_dict().items(), resumed.models[name].state_dict().values(), strict=True
         ):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
-
-
-def _lr_image(path):
-    Image.new("RGB", (16, 12), (120, 40, 200)).save(path)
-    return path
 
 
 def test_stage2_outputs_load_into_the_pipeline_and_upscale(seesr_run, tmp_path):
@@ -174,3 +188,23 @@ def test_stage2_outputs_load_into_the_pipeline_and_upscale(seesr_run, tmp_path):
         assert code == 0
         (written,) = [p for p in outdir.rglob("*.png")]
         assert Image.open(written).size == (64, 48)
+
+
+def test_stage2_on_the_fly_degradation(tmp_path, raw_base_model_dir, pairs_dir):
+    """data.mode=online: HR crops degraded per batch (Real-ESRGAN), captions from the tagger on the GT."""
+    from seesr.training.train_seesr import main
+
+    overrides = seesr_overrides(
+        raw_base_model_dir,
+        pairs_dir / "gt",
+        tmp_path / "online",
+        data__mode="online",
+        data__min_pixels=0,
+        data__min_file_bytes=0,
+        train__max_train_steps=2,
+        validation__loss_steps=2,
+        validation__loss_images=2,
+    )
+    result = main(load_config("seesr", None, overrides))
+    assert sorted(result.losses) == [1, 2] and sorted(result.extra_losses["val_loss"]) == [0, 2]
+    assert all(torch.isfinite(torch.tensor([*result.losses.values(), *result.extra_losses["val_loss"].values()])))

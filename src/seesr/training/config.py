@@ -154,6 +154,7 @@ class ValidationConfig:
     images: list[str] = field(default_factory=list)  # LR images
     num_inference_steps: int = 50
     guidance_scale: float = 5.5
+    process_size: int = 512  # the pipeline's minimum processing size (inference default 512)
     seed: int = 42
     loss_steps: int | None = None  # None or 0: no validation loss
     loss_images: int = 4

@@ -48,7 +48,7 @@ from seesr.training.common import (
     trainable_parameters,
     weight_dtype_for,
 )
-from seesr.training.config import TrainSeeSRConfig, config_to_dict, write_run_record
+from seesr.training.config import SeeSRModelConfig, TrainSeeSRConfig, config_to_dict, write_run_record
 from seesr.training.export import export_seesr_model, load_frozen_tagger
 from seesr.training.losses import diffusion_loss
 
@@ -116,21 +116,15 @@ class SeeSRTrainingModule(nn.Module):
         )[0]
 
 
-def _build_models(config: TrainSeeSRConfig) -> dict[str, Any]:
-    """Load every component (on CPU, fp32); the UNet/ControlNet pair gets fresh or resumed RCA layers."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+def _load_frozen_parts(model: SeeSRModelConfig) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, noise scheduler and DAPE tagger (float32, CPU) from the configured files."""
+    from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from seesr.models.build import build_seesr_unet_and_controlnet
-    from seesr.models.image_cross_attention import freeze_all_but_image_cross_attention
-    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
-
-    model = config.model
     base = Path(model.pretrained_model_name_or_path)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (base / part).is_dir():
             raise TrainingError(f"{base} is not a Stable Diffusion 2 base folder: {part}/ is missing")
-
     tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
     if len(tokenizer) != text_encoder.config.vocab_size:  # a folder without vocab files loads silently (ECOSYSTEM §6)
@@ -138,37 +132,47 @@ def _build_models(config: TrainSeeSRConfig) -> dict[str, Any]:
             f"{base / 'tokenizer'} gives {len(tokenizer)} tokens but the text encoder expects "
             f"{text_encoder.config.vocab_size}: vocab.json / merges.txt are missing or wrong"
         )
-    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32)
-    noise_scheduler = DDPMScheduler.from_pretrained(base / "scheduler")  # named explicitly: the file says PNDM
-    tagger = load_frozen_tagger(model.ram_model_path, model.dape_model_path, model.ram_config_dir)
-    image_dim = int(tagger.config.image_embed_dim)  # the one home of the soft-prompt width
-
-    if model.unet_model_name_or_path:
-        unet = load_seesr_unet(model.unet_model_name_or_path, image_cross_attention_dim=image_dim)
-        freeze_all_but_image_cross_attention(unet)
-        if model.controlnet_model_name_or_path:
-            controlnet = load_seesr_controlnet(
-                model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim
-            )
-        else:
-            raise TrainingError("model.unet_model_name_or_path needs model.controlnet_model_name_or_path as well")
-    else:
-        base_unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32)
-        unet, controlnet = build_seesr_unet_and_controlnet(base_unet, image_dim, unet_trainable="rca")
-        if model.controlnet_model_name_or_path:
-            controlnet = load_seesr_controlnet(
-                model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim
-            )
-    controlnet.requires_grad_(True)
     return dict(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        vae=vae,
-        noise_scheduler=noise_scheduler,
-        tagger=tagger,
-        unet=unet,
-        controlnet=controlnet,
+        vae=AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32),
+        noise_scheduler=DDPMScheduler.from_pretrained(base / "scheduler"),  # named explicitly: the file says PNDM
+        tagger=load_frozen_tagger(model.ram_model_path, model.dape_model_path, model.ram_config_dir),
     )
+
+
+def _build_trainable(model: SeeSRModelConfig, image_dim: int) -> tuple[Any, Any]:
+    """(UNet, ControlNet), float32 on CPU: the stock SD-2 UNet with fresh RCA and its ControlNet clone (or the
+    trained folders to continue from). Only the RCA layers of the UNet and the whole ControlNet require grad."""
+    from diffusers import UNet2DConditionModel
+
+    from seesr.models.build import build_seesr_unet_and_controlnet
+    from seesr.models.image_cross_attention import freeze_all_but_image_cross_attention
+    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
+
+    if model.unet_model_name_or_path:
+        if not model.controlnet_model_name_or_path:
+            raise TrainingError("model.unet_model_name_or_path needs model.controlnet_model_name_or_path as well")
+        unet = load_seesr_unet(model.unet_model_name_or_path, image_cross_attention_dim=image_dim)
+        freeze_all_but_image_cross_attention(unet)
+    else:
+        base_unet = UNet2DConditionModel.from_pretrained(
+            Path(model.pretrained_model_name_or_path) / "unet", torch_dtype=torch.float32
+        )
+        unet, controlnet = build_seesr_unet_and_controlnet(base_unet, image_dim, unet_trainable="rca")
+    if model.controlnet_model_name_or_path:
+        controlnet = load_seesr_controlnet(model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim)
+    controlnet.requires_grad_(True)
+    unet.train()
+    controlnet.train()
+    return unet, controlnet
+
+
+def _build_models(config: TrainSeeSRConfig) -> dict[str, Any]:
+    """Every component (float32, CPU); the soft-prompt width of the RCA layers is read from the tagger's config."""
+    parts = _load_frozen_parts(config.model)
+    parts["unet"], parts["controlnet"] = _build_trainable(config.model, int(parts["tagger"].config.image_embed_dim))
+    return parts
 
 
 def _encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: list[str], device: torch.device) -> torch.Tensor:
@@ -343,16 +347,26 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
                 break
     bar.close()
 
-    # 8. Save: official unet/ + controlnet/ (separate folders) and a complete model folder.
+    # 8. Save: official unet/ + controlnet/ (separate folders) and a complete model folder. The frozen parts are
+    #    written from their float32 sources, never from the copies cast to the AMP dtype for training.
     accelerator.wait_for_everyone()
     final_dir = None
     if global_step >= max_train_steps:
         final_dir = output_dir / "model"
         final_unet, final_controlnet = _final_models(accelerator, module, config)
         if accelerator.is_main_process:
-            for frozen in (vae, text_encoder, tagger, final_unet, final_controlnet):
-                nn.Module.to(frozen, dtype=torch.float32)  # saved weights are float32 whatever the AMP dtype
-            export_seesr_model(final_unet, final_controlnet, config.model, final_dir, output_dir / "official", parts)
+            nn.Module.to(final_unet, dtype=torch.float32)
+            nn.Module.to(final_controlnet, dtype=torch.float32)
+            if not config.model.keep_frozen_unet_fp32 and weight_dtype != torch.float32:
+                _restore_frozen_weights(final_unet, config.model, int(tagger.config.image_embed_dim))
+            export_seesr_model(
+                final_unet,
+                final_controlnet,
+                config.model,
+                final_dir,
+                output_dir / "official",
+                _load_frozen_parts(config.model),
+            )
         accelerator.wait_for_everyone()
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(module)
@@ -364,6 +378,16 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         models={"unet": unwrapped.unet, "controlnet": unwrapped.controlnet},
         extra_losses={"val_loss": validation_losses},
     )
+
+
+def _restore_frozen_weights(unet: nn.Module, model: SeeSRModelConfig, image_dim: int) -> None:
+    """Put the float32 source values back into the frozen UNet tensors (they were stored in the AMP dtype)."""
+    source, _ = _build_trainable(model, image_dim)
+    fresh = dict(source.named_parameters())
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if not param.requires_grad:
+                param.copy_(fresh[name])
 
 
 def _final_models(accelerator: Any, module: nn.Module, config: TrainSeeSRConfig) -> tuple[Any, Any]:
@@ -467,6 +491,7 @@ def _validate(
                     load_image(path).rgb,
                     num_inference_steps=config.validation.num_inference_steps,
                     guidance_scale=config.validation.guidance_scale,
+                    process_size=config.validation.process_size,
                     seed=config.validation.seed,
                 )
                 image = result.images[0]
