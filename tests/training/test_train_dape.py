@@ -160,3 +160,31 @@ def test_dape_on_the_fly_degradation(tmp_path, noisy_pairs_dir):
     result = main(load_config("dape", None, overrides))
     assert sorted(result.losses) == [1] and torch.isfinite(torch.tensor(result.losses[1]))
     assert (tmp_path / "online" / "DAPE.pth").is_file()
+
+
+def test_resume_mid_epoch_with_accumulation_and_dropout(tmp_path, pairs_dir):
+    """Checkpoint in the middle of an epoch (2 steps/epoch, 2 micro-batches/step) with the official train-mode
+    student (drop-path/dropout drawn from the global RNG, restored by accelerate): the resumed steps match."""
+    from seesr.training.train_dape import main
+
+    def run(output, steps, *extra):
+        overrides = dape_overrides(
+            pairs_dir,
+            output,
+            train__max_train_steps=steps,
+            train__train_batch_size=1,
+            train__gradient_accumulation_steps=2,
+            train__checkpointing_steps=3,
+            optim__lr_warmup_steps=2,
+        )
+        return main(load_config("dape", None, [*overrides, *extra]))
+
+    full = run(tmp_path / "full", 4)
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = run(tmp_path / "resumed", 4, "train.resume_from_checkpoint=latest")
+    assert sorted(full.losses) == [1, 2, 3, 4] and sorted(resumed.losses) == [4]
+    assert resumed.losses[4] == pytest.approx(full.losses[4], rel=1e-6, abs=1e-8)
+    for name, value in full.models["student"].named_parameters():
+        if value.requires_grad:
+            other = dict(resumed.models["student"].named_parameters())[name]
+            torch.testing.assert_close(value, other, rtol=1e-5, atol=1e-7, msg=name)

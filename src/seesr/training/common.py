@@ -6,7 +6,9 @@ Determinism contract (what makes ``--resume`` reproduce an uninterrupted run ste
 * the shuffle order of epoch ``e`` depends only on ``(seed, e)`` (:class:`EpochShuffleSampler`);
 * every random draw of optimisation step ``s`` on process ``r`` (noise, timesteps, prompt dropout, on-the-fly
   degradation) comes from :func:`step_generator` ``(seed, s, r)``, never from a running global stream;
-* the global RNGs (dropout, drop-path inside the models) are saved and restored by ``accelerator.save_state``.
+* the global torch RNG, which the models' dropout / drop-path use, is re-seeded at every micro-step by
+  :func:`seed_global_rng` (other consumers, such as DataLoader iterator creation, would otherwise make a resumed
+  run draw different masks than the uninterrupted one).
 """
 
 from __future__ import annotations
@@ -119,6 +121,11 @@ def epoch_loader(
 def step_seed(seed: int, step: int, process_index: int) -> int:
     """A 63-bit seed unique to (run seed, optimisation step, process)."""
     return (seed * 0x9E3779B1 + step * 0x85EBCA77 + process_index * 0xC2B2AE3D) % (2**63 - 1)
+
+
+def seed_global_rng(seed: int, micro_step: int, process_index: int) -> None:
+    """Seed torch's global RNG (CPU and every GPU) for one micro-step of one process (dropout, drop-path)."""
+    torch.manual_seed(step_seed(seed + 2, micro_step, process_index))
 
 
 def step_generator(seed: int, step: int, process_index: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -43,6 +43,7 @@ from seesr.training.common import (
     prune_checkpoints,
     resolve_max_train_steps,
     resolve_resume_checkpoint,
+    seed_global_rng,
     step_seed,
     trainable_parameters,
     weight_dtype_for,
@@ -140,6 +141,7 @@ def main(config: TrainDAPEConfig) -> TrainResult:
         )
         for batch in batches:
             micro_step = global_step * train.gradient_accumulation_steps + micro_index
+            seed_global_rng(train.seed, micro_step, accelerator.process_index)
             with accelerator.accumulate(student):
                 with torch.no_grad():
                     pair = training_data.dape_inputs(

@@ -43,6 +43,7 @@ from seesr.training.common import (
     prune_checkpoints,
     resolve_max_train_steps,
     resolve_resume_checkpoint,
+    seed_global_rng,
     step_generator,
     step_seed,
     trainable_parameters,
@@ -287,6 +288,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         )
         for batch in batches:
             micro_step = global_step * train.gradient_accumulation_steps + micro_index
+            seed_global_rng(train.seed, micro_step, accelerator.process_index)
             generator = step_generator(train.seed, micro_step, accelerator.process_index, device)
             with accelerator.accumulate(module):
                 with torch.no_grad():
