@@ -278,6 +278,37 @@ def resolve_resume_checkpoint(output_dir: str | Path, resume: str | None) -> Pat
     return path
 
 
+@dataclass
+class ResumePoint:
+    """Where a (possibly resumed) run starts: optimiser step, epoch, and batches to skip inside that epoch."""
+
+    global_step: int
+    first_epoch: int
+    skip_batches: int
+
+
+def resume_training(
+    accelerator: Any, output_dir: str | Path, train: TrainLoopConfig, counter: StepCounter, batches_per_epoch: int
+) -> ResumePoint:
+    """Load ``train.resume_from_checkpoint`` (a folder or "latest") into ``accelerator`` if set; return the start.
+
+    The counter registered for checkpointing must agree with the checkpoint's name, else :class:`TrainingError`.
+    """
+    resume_from = resolve_resume_checkpoint(output_dir, train.resume_from_checkpoint)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+        accelerator.load_state(str(resume_from))
+        if counter.step != checkpoint_step(resume_from):
+            raise TrainingError(
+                f"{resume_from} records step {counter.step}, its name says {checkpoint_step(resume_from)}"
+            )
+    global_step = counter.step
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.gradient_accumulation_steps))
+    first_epoch = global_step // steps_per_epoch
+    skip_batches = (global_step - first_epoch * steps_per_epoch) * train.gradient_accumulation_steps
+    return ResumePoint(global_step, first_epoch, skip_batches)
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
     """Delete the oldest ``checkpoint-*`` folders so that at most ``keep`` remain (``None`` keeps everything)."""
     if keep is None:

@@ -19,7 +19,6 @@ final ControlNet and UNet are saved to separate ``controlnet/`` and ``unet/`` fo
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,12 @@ from seesr.training.common import (
     build_accelerator,
     build_lr_scheduler,
     build_optimizer,
-    checkpoint_step,
     effective_learning_rate,
     epoch_loader,
     progress_bar,
     prune_checkpoints,
     resolve_max_train_steps,
-    resolve_resume_checkpoint,
+    resume_training,
     seed_global_rng,
     step_generator,
     step_seed,
@@ -248,18 +246,8 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     install_trainable_state_hooks(accelerator)
 
     # 6. Resume.
-    resume_from = resolve_resume_checkpoint(output_dir, train.resume_from_checkpoint)
-    if resume_from is not None:
-        logger.info("resuming from %s", resume_from)
-        accelerator.load_state(str(resume_from))
-        if counter.step != checkpoint_step(resume_from):
-            raise TrainingError(
-                f"{resume_from} records step {counter.step}, its name says {checkpoint_step(resume_from)}"
-            )
-    global_step = counter.step
-    steps_per_epoch = max(1, math.ceil(len(loader) / train.gradient_accumulation_steps))
-    first_epoch = global_step // steps_per_epoch
-    skip_batches = (global_step - first_epoch * steps_per_epoch) * train.gradient_accumulation_steps
+    start = resume_training(accelerator, output_dir, train, counter, len(loader))
+    global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
 
     if accelerator.is_main_process:
         tracker_config = {
