@@ -29,20 +29,8 @@ FULL_UNET_CONFIG = ROOT / "tests/fixtures/reference/manifests/seesr_unet_config.
 TINY_UNET_CONFIG = ROOT / "tests/fixtures/reference/tiny/unet/config.json"
 TINY_VAE_CONFIG = ROOT / "tests/fixtures/reference/tiny/vae/config.json"
 
-# stable-diffusion-2-base vae/config.json (REFERENCE.md §8.1).
-SD2_VAE_CONFIG = {
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 768,
-    "scaling_factor": 0.18215,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import SD2_VAE_CONFIG  # noqa: E402  (the one copy of the SD-2-base VAE config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
