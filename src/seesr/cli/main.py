@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "seesr.cli.eval",
     "seesr.cli.benchmark",
     "seesr.cli.serve",
+    "seesr.cli.doctor",
 )
 
 EXIT_OK = 0
