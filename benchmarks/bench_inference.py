@@ -255,7 +255,7 @@ def build_tiny_pipeline(device: torch.device) -> Any:
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
+    from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
     from seesr.pipeline.pipeline_seesr import SeeSRPipeline
     from seesr.pipeline.vae_tiling import VAETilingConfig
     from seesr.tagger.dape import DAPETagger

@@ -18,9 +18,9 @@ _EXPORTS: dict[str, str] = {
     "DAPETagger": "seesr.tagger.dape",
     "TextImageTransformer2D": "seesr.models.image_cross_attention",
     "add_image_cross_attention": "seesr.models.image_cross_attention",
-    "load_seesr_unet": "seesr.models.io",
-    "load_seesr_controlnet": "seesr.models.io",
-    "save_seesr_model": "seesr.models.io",
+    "load_seesr_unet": "seesr.weights.unet",
+    "load_seesr_controlnet": "seesr.weights.unet",
+    "save_seesr_model": "seesr.weights.unet",
     "build_seesr_unet_and_controlnet": "seesr.models.build",
 }
 

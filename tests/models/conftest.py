@@ -17,7 +17,7 @@ def fixture_b_io() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def seesr_unet():
     """The official tiny SeeSR UNet folder loaded as a user would (shared: deep-copy before mutating)."""
-    from seesr.models.io import load_seesr_unet
+    from seesr.weights.unet import load_seesr_unet
 
     return load_seesr_unet(TINY / "unet")
 
@@ -25,6 +25,6 @@ def seesr_unet():
 @pytest.fixture(scope="session")
 def seesr_controlnet():
     """The official tiny SeeSR ControlNet folder loaded as a user would (shared: deep-copy before mutating)."""
-    from seesr.models.io import load_seesr_controlnet
+    from seesr.weights.unet import load_seesr_controlnet
 
     return load_seesr_controlnet(TINY / "controlnet")

@@ -11,7 +11,7 @@ from seesr.models.image_cross_attention import (
     get_image_cross_attention_dim,
     image_cross_attention_parameters,
 )
-from seesr.models.io import load_seesr_controlnet, load_seesr_unet, save_seesr_model
+from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet, save_seesr_model
 from tests.models._helpers import tiny_stock_unet
 
 IMAGE_DIM = 12

@@ -10,7 +10,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 
 from seesr.models.convert import official_to_seesr_keys, seesr_to_official_keys
 from seesr.models.image_cross_attention import DEFAULT_IMAGE_CROSS_ATTENTION_DIM, add_image_cross_attention
-from seesr.models.io import OFFICIAL_FLAG
+from seesr.weights.unet import OFFICIAL_FLAG
 from tests.conftest import MANIFESTS
 
 PAIRS = {

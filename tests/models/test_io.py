@@ -15,7 +15,7 @@ from torch import nn
 
 from seesr.models.convert import official_to_seesr_keys
 from seesr.models.image_cross_attention import IMAGE_KEY, TextImageTransformer2D, get_image_cross_attention_dim
-from seesr.models.io import (
+from seesr.weights.unet import (
     OFFICIAL_FLAG,
     SEESR_CONFIG_NAME,
     WEIGHTS_NAME,
@@ -183,7 +183,7 @@ def _official_copy_with(tmp_path: Path, edit) -> Path:
 def test_missing_rca_tensor_is_listed(tmp_path):
     key = "mid_block.image_attentions.0.transformer_blocks.0.attn2.to_k.weight"
     folder = _official_copy_with(tmp_path, lambda sd: sd.pop(key))
-    with pytest.raises(CheckpointError, match=r"1 missing: mid_block\.attentions\.0\.image_transformer\."):
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): mid_block\.attentions\.0\.image_transformer\."):
         load_seesr_unet(folder)
 
 
@@ -196,8 +196,8 @@ def test_unexpected_and_misshaped_tensors_are_listed(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_seesr_unet(folder)
     message = str(info.value)
-    assert "1 unexpected: down_blocks.0.attentions.2.image_transformer.proj_in.weight" in message
-    assert "conv_out.bias: checkpoint (5,) vs model (4,)" in message
+    assert "1 unexpected key(s): down_blocks.0.attentions.2.image_transformer.proj_in.weight" in message
+    assert "conv_out.bias (5,) vs model (4,)" in message
 
 
 def test_stock_folder_needs_allow_missing_rca(tmp_path):
@@ -219,7 +219,7 @@ def test_stock_folder_needs_allow_missing_rca(tmp_path):
     state_dict = load_file(tmp_path / "stock" / WEIGHTS_NAME)
     del state_dict["conv_in.weight"]
     save_file(state_dict, tmp_path / "stock" / WEIGHTS_NAME)
-    with pytest.raises(CheckpointError, match="1 missing: conv_in.weight"):
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): conv_in.weight"):
         load_seesr_unet(tmp_path / "stock", allow_missing_rca=True)
 
 
@@ -240,7 +240,7 @@ def test_user_mistakes_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no weights"):
         load_seesr_unet(empty)
     (empty / WEIGHTS_NAME).write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="incomplete download"):
+    with pytest.raises(CheckpointError, match="corrupt or truncated.*delete it and download again"):
         load_seesr_unet(empty)
     with pytest.raises(CheckpointError, match="width 512, not the requested 256"):
         load_seesr_unet(OFFICIAL_UNET, image_cross_attention_dim=256)

@@ -14,7 +14,7 @@ def tiny_models() -> dict[str, Any]:
     """fp32 tiny UNet + ControlNet (fixture B) and the DDPM scheduler of the tiny bundle."""
     from diffusers import DDPMScheduler
 
-    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
+    from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
 
     return {
         "unet": load_seesr_unet(TINY / "unet"),

@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from seesr.models.image_cross_attention import iter_image_cross_attention
-from seesr.models.io import CheckpointError
+from seesr.weights.unet import CheckpointError
 from seesr.models.turbo import TURBO_CATALOG, TURBO_DEFAULTS, graft_rca, load_turbo_pipeline, turbo_scheduler
 from tests.conftest import TINY
 

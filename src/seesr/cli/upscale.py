@@ -356,7 +356,7 @@ def _run(
     # 2. Load the model (clear message, no traceback, when files are missing).
     if args.quiet or not context.is_main:
         _silence_loading()
-    from seesr.models.io import CheckpointError
+    from seesr.weights.unet import CheckpointError
     from seesr.pipeline.batch import upscale_files
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError

@@ -33,7 +33,7 @@ from seesr.models.image_cross_attention import (
     get_image_cross_attention_dim,
     iter_image_cross_attention,
 )
-from seesr.models.io import CheckpointError, load_seesr_unet
+from seesr.weights.unet import CheckpointError, load_seesr_unet
 from seesr.weights.catalog import LICENSES, TURBO_CATALOG, TURBO_REPO
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def load_turbo_pipeline(turbo_path: str | os.PathLike, base: Any) -> Any:
             ``base`` afterwards to free it).
 
     Raises:
-        seesr.models.io.CheckpointError / seesr.weights.loading.ModelLoadError: unusable SD-turbo files.
+        seesr.weights.unet.CheckpointError / seesr.weights.loading.ModelLoadError: unusable SD-turbo files.
     """
     from seesr.weights.loading import load_text_encoder, load_tokenizer, load_vae
 

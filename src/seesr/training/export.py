@@ -172,7 +172,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 
 def _write_release_folder(unet: Any, controlnet: Any, model: SeeSRModelConfig, folder: Path) -> None:
     """``folder`` in the official release layout (see the module docstring)."""
-    from seesr.models.io import save_seesr_model
+    from seesr.weights.unet import save_seesr_model
 
     base = Path(model.pretrained_model_name_or_path)
     for part in SD_PARTS:

@@ -147,7 +147,7 @@ def _build_trainable(model: SeeSRModelConfig, image_dim: int) -> tuple[Any, Any]
 
     from seesr.models.build import build_seesr_unet_and_controlnet
     from seesr.models.image_cross_attention import freeze_all_but_image_cross_attention
-    from seesr.models.io import load_seesr_controlnet, load_seesr_unet
+    from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
 
     if model.unet_model_name_or_path:
         if not model.controlnet_model_name_or_path:

@@ -5,7 +5,7 @@ The bundle is a diffusers-style folder that :meth:`SeeSRPipeline.from_pretrained
     OUT/model_index.json          {"_class_name": "SeeSRPipeline", ...}
     OUT/scheduler/                DDPMScheduler config (the class SeeSR really uses)
     OUT/text_encoder/ tokenizer/ vae/       stock transformers / diffusers folders, safetensors
-    OUT/unet/ controlnet/         our layout (seesr.models.io.save_seesr_model): config.json + seesr_config.json +
+    OUT/unet/ controlnet/         our layout (seesr.weights.unet.save_seesr_model): config.json + seesr_config.json +
                                   diffusion_pytorch_model.safetensors
     OUT/tagger/                   DAPETagger.save_pretrained (RAM Swin-L + tagging head, DAPE LoRA merged)
 """
@@ -39,7 +39,7 @@ def write_bundle(pipe: Any, out: str | os.PathLike, source: str = "") -> Path:
     """Save the components of a loaded ``SeeSRPipeline`` as a converted bundle in ``out`` (created)."""
     from diffusers import __version__ as diffusers_version
 
-    from seesr.models.io import save_seesr_model
+    from seesr.weights.unet import save_seesr_model
 
     if pipe.tagger is None:
         raise ValueError("a bundle needs the DAPE tagger; load the pipeline with load_tagger=True")

@@ -7,7 +7,7 @@ Guards against the silent traps found during the parity check (PARITY-NOTES §2-
   special-token files pads with ``<|endoftext|>``: the tokenizer size must equal the text encoder's vocabulary and
   the pad token must be SD-2's ``"!"`` (id 0);
 * transformers 5 keeps checkpoint dtypes by default, so ``CLIPTextModel`` gets an explicit dtype;
-* UNet/ControlNet go through :mod:`seesr.models.io` (strict, RCA-aware), never stock ``from_pretrained``.
+* UNet/ControlNet go through :mod:`seesr.weights.unet` (strict, RCA-aware), never stock ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def load_vae(folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
 
 
 def load_unet_and_controlnet(location: ModelLocation, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
-    from seesr.models.io import CheckpointError, load_seesr_controlnet, load_seesr_unet
+    from seesr.weights.unet import CheckpointError, load_seesr_controlnet, load_seesr_unet
 
     try:
         unet = load_seesr_unet(location.unet, dtype=dtype, device=device)

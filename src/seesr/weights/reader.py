@@ -231,6 +231,16 @@ def _listing(items: Iterable[str], limit: int = MAX_LISTED) -> str:
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _key_problems(have: set[str], want: set[str], strict: bool, limit: int) -> list[str]:
+    missing, unexpected = want - have, (have - want if strict else set())
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing, limit)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected, limit)}")
+    return problems
+
+
 def check_keys(
     state: Iterable[str],
     expected_keys: Iterable[str],
@@ -244,13 +254,7 @@ def check_keys(
     ``state`` is a state dict or any iterable of its keys. The message lists the first ``limit`` keys of each kind,
     then how many more there are.
     """
-    have, want = set(state), set(expected_keys)
-    missing, unexpected = want - have, (have - want if strict else set())
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listing(missing, limit)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected, limit)}")
+    problems = _key_problems(set(state), set(expected_keys), strict, limit)
     if problems:
         raise WeightReadError(f"{source}: does not match the model: " + "; ".join(problems))
 
@@ -269,7 +273,7 @@ def check_tensors(
     ``state`` values may be tensors or ``(shape, dtype name)`` pairs from :func:`read_tensor_specs`. A floating-point
     model tensor needs a floating-point checkpoint tensor (an int8 tensor where a weight belongs is refused).
     """
-    check_keys(state.keys(), expected.keys(), source=source, strict=strict, limit=limit)
+    problems = _key_problems(set(state.keys()), set(expected.keys()), strict, limit)
     wrong_shape, wrong_kind = [], []
     for key, reference in expected.items():
         if key not in state:
@@ -279,7 +283,6 @@ def check_tensors(
             wrong_shape.append(f"{key} {shape} vs model {tuple(reference.shape)}")
         elif reference.is_floating_point() and not is_float:
             wrong_kind.append(f"{key} ({dtype_name})")
-    problems = []
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {_listing(wrong_shape, limit)}")
     if wrong_kind:

@@ -1,4 +1,4 @@
-"""Reading and writing SeeSR UNet / ControlNet weights: the one place that touches their files.
+"""Reading and writing SeeSR UNet / ControlNet folders: the one place that touches their files.
 
 Two folder layouts are understood, both diffusers-style (``config.json`` + ``diffusion_pytorch_model.*``):
 
@@ -11,9 +11,10 @@ Two folder layouts are understood, both diffusers-style (``config.json`` + ``dif
   (``X.attentions.j.{text,image}_transformer.*``).
 
 Loading never calls stock ``from_pretrained`` (on SeeSR folders it silently drops every RCA tensor). Instead:
-stock ``from_config`` on the meta device -> :func:`~seesr.models.image_cross_attention.add_image_cross_attention`
--> key rename -> every key and shape checked -> ``load_state_dict(strict=True, assign=True)``, so the weights are
-held in memory once.
+config sizes checked -> stock ``from_config`` on the meta device + RCA (:func:`seesr.models.limits.empty_seesr_model`)
+-> the checkpoint's keys, shapes and dtypes (safetensors headers; nothing loaded yet) checked against it -> tensors
+read by :mod:`seesr.weights.reader` -> ``load_state_dict(strict=True, assign=True)``, so the weights are held in
+memory once and a file that does not fit allocates nothing.
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
-from accelerate import init_empty_weights
 from diffusers import ControlNetModel, UNet2DConditionModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from seesr.models.convert import official_to_seesr_keys, seesr_to_official_keys
-from seesr.models.image_cross_attention import (
-    DEFAULT_IMAGE_CROSS_ATTENTION_DIM,
-    add_image_cross_attention,
-    get_image_cross_attention_dim,
-)
+from seesr.models.image_cross_attention import DEFAULT_IMAGE_CROSS_ATTENTION_DIM, get_image_cross_attention_dim
+from seesr.models.limits import check_unet_config, empty_seesr_model
+from seesr.utils.limits import ConfigLimitError
+from seesr.weights.reader import WeightReadError, check_tensors, read_state_dict, read_tensor_specs
 
 __all__ = [
     "CONFIG_NAME",
@@ -71,8 +69,8 @@ ModelT = TypeVar("ModelT", UNet2DConditionModel, ControlNetModel)
 Layout = Literal["seesr", "official"]
 
 
-class CheckpointError(ValueError):
-    """A UNet/ControlNet folder that cannot be loaded as asked; the message is meant for the user."""
+#: A UNet/ControlNet folder that cannot be loaded as asked (the reader's error; the message is meant for the user).
+CheckpointError = WeightReadError
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,71 +87,55 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path, device=device)
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"cannot read {path} (incomplete download or not a safetensors file?): {error}"
-        ) from error
-
-
-def _load_bin(path: Path, device: str) -> dict[str, torch.Tensor]:
-    try:
-        data = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # pickle/zip/unsafe-global errors all mean "not a usable weights file"
-        raise CheckpointError(
-            f"cannot read {path} as a plain PyTorch state dict (weights_only=True): {error}"
-        ) from error
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not hold a flat {{name: tensor}} state dict")
-    return dict(data)
-
-
-def _merge(target: dict[str, torch.Tensor], part: Mapping[str, torch.Tensor], source: Path) -> None:
+def _merge(target: dict[str, Any], part: Mapping[str, Any], source: Path) -> None:
     duplicates = target.keys() & part.keys()
     if duplicates:
         raise CheckpointError(f"{source} repeats tensors already read from another shard: {sorted(duplicates)[:5]}")
     target.update(part)
 
 
-def _load_sharded(index_path: Path, device: str) -> dict[str, torch.Tensor]:
-    weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index_path} has no 'weight_map'")
-    state_dict: dict[str, torch.Tensor] = {}
-    for shard_name in sorted(set(weight_map.values())):
-        shard = index_path.parent / shard_name
-        if not shard.is_file():
-            raise CheckpointError(
-                f"shard {shard_name} listed in {index_path.name} is missing from {index_path.parent}"
-            )
-        part = _load_safetensors(shard, device) if shard.suffix == ".safetensors" else _load_bin(shard, device)
-        _merge(state_dict, part, shard)
-    return state_dict
-
-
-def _read_weights(folder: Path, device: str) -> tuple[dict[str, torch.Tensor], str]:
-    """All tensors of ``folder`` and a description of where they came from."""
+def _weight_files(folder: Path) -> tuple[list[Path], str]:
+    """The weight files of ``folder`` (one file or the shards of an index) and a description of where they are."""
     single = folder / WEIGHTS_NAME
     if single.is_file():
-        return _load_safetensors(single, device), single.name
+        return [single], single.name
     for index_name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME):
-        if (folder / index_name).is_file():
-            return _load_sharded(folder / index_name, device), index_name
+        index_path = folder / index_name
+        if index_path.is_file():
+            weight_map = _read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index_path} has no 'weight_map'")
+            shards = [folder / name for name in sorted(set(map(str, weight_map.values())))]
+            for shard in shards:
+                if shard.parent != folder or not shard.is_file():
+                    raise CheckpointError(f"shard {shard.name} listed in {index_name} is missing from {folder}")
+            return shards, index_name
     if (folder / WEIGHTS_NAME_BIN).is_file():
-        return _load_bin(folder / WEIGHTS_NAME_BIN, device), WEIGHTS_NAME_BIN
+        return [folder / WEIGHTS_NAME_BIN], WEIGHTS_NAME_BIN
     # Odd names seen in the wild (e.g. "diffusion_pytorch_model-001.safetensors" from re-zipped downloads).
     pieces = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
     if pieces:
-        state_dict: dict[str, torch.Tensor] = {}
-        for piece in pieces:
-            _merge(state_dict, _load_safetensors(piece, device), piece)
-        return state_dict, ", ".join(piece.name for piece in pieces)
+        return pieces, ", ".join(piece.name for piece in pieces)
     raise CheckpointError(
         f"no weights in {folder}: expected {WEIGHTS_NAME} (or {WEIGHTS_NAME_BIN}, or shards with an index json); "
         f"found {sorted(p.name for p in folder.iterdir())[:_MAX_LISTED]}"
     )
+
+
+def _read_specs(files: list[Path]) -> dict[str, Any]:
+    """Shapes and dtypes of every tensor: safetensors headers only; PyTorch files memory-mapped."""
+    specs: dict[str, Any] = {}
+    for file in files:
+        part = read_tensor_specs(file) if file.suffix == ".safetensors" else read_state_dict(file, mmap=True)
+        _merge(specs, part, file)
+    return specs
+
+
+def _read_weights(files: list[Path], device: str) -> dict[str, torch.Tensor]:
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in files:
+        _merge(state_dict, read_state_dict(file, device=device), file)
+    return state_dict
 
 
 def _resolve_folder(path: str | os.PathLike, kind: str) -> Path:
@@ -176,11 +158,84 @@ def _listing(keys: set[str] | list[str]) -> str:
     return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
 
 
-def _infer_image_dim(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value[0])
+
+
+def _infer_image_dim(state_dict: Mapping[str, Any]) -> int | None:
     for key, value in state_dict.items():
         if _RCA_MARKER in key and key.endswith(".attn2.to_k.weight"):
-            return int(value.shape[1])
+            return int(_shape(value)[1])
     return None
+
+
+def _read_config(folder: Path, model_class: type) -> tuple[dict[str, Any], bool, int | None]:
+    """``config.json`` (class checked), the official RCA flag and the width stored in ``seesr_config.json``."""
+    config = _read_json(folder / CONFIG_NAME)
+    class_name = config.get("_class_name")
+    if class_name is not None and class_name != model_class.__name__:
+        other = "load_seesr_controlnet" if class_name == "ControlNetModel" else "load_seesr_unet"
+        raise CheckpointError(
+            f"{folder} holds a {class_name}, not a {model_class.__name__}"
+            + (f"; load it with {other}" if class_name in ("ControlNetModel", "UNet2DConditionModel") else "")
+        )
+    official_flag = bool(config.pop(OFFICIAL_FLAG, False))
+    stored_dim: int | None = None
+    if (folder / SEESR_CONFIG_NAME).is_file():
+        seesr_config = _read_json(folder / SEESR_CONFIG_NAME)
+        try:
+            stored_dim = int(seesr_config["image_cross_attention_dim"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{folder / SEESR_CONFIG_NAME} has no valid 'image_cross_attention_dim'") from error
+    return config, official_flag, stored_dim
+
+
+def _rca_width(
+    folder: Path,
+    specs: Mapping[str, Any],
+    official_flag: bool,
+    stored_dim: int | None,
+    requested: int | None,
+    allow_missing_rca: bool,
+    model_class: type,
+) -> tuple[int, bool]:
+    """The RCA width and whether the RCA layers are fresh (a stock checkpoint started with ``allow_missing_rca``)."""
+    if any(_RCA_MARKER in key for key in specs):
+        dim = stored_dim or _infer_image_dim(specs) or DEFAULT_IMAGE_CROSS_ATTENTION_DIM
+        if requested is not None and requested != dim:
+            raise CheckpointError(f"{folder} has image cross-attention of width {dim}, not the requested {requested}")
+        return dim, False
+    if official_flag or stored_dim is not None:
+        return stored_dim or requested or DEFAULT_IMAGE_CROSS_ATTENTION_DIM, False
+    if allow_missing_rca:
+        dim = requested or DEFAULT_IMAGE_CROSS_ATTENTION_DIM
+        logger.info("%s has no image cross-attention weights; initialising them freshly (width %d)", folder, dim)
+        return dim, True
+    kind = "unet" if model_class is UNet2DConditionModel else "controlnet"
+    raise CheckpointError(
+        f"{folder} holds a stock diffusers {model_class.__name__} without SeeSR's image cross-attention (RCA) "
+        f"layers (no '{OFFICIAL_FLAG}' in {CONFIG_NAME}, no image_attentions tensors); pass the SeeSR "
+        f"'{kind}' folder, or use allow_missing_rca=True to start training from stock weights"
+    )
+
+
+def _renamed(state_dict: Mapping[str, Any], source: Path) -> dict[str, Any]:
+    try:
+        return official_to_seesr_keys(state_dict)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from error
+
+
+def _empty_model(folder: Path, model_class: type[ModelT], config: dict[str, Any], dim: int, fresh: bool) -> ModelT:
+    try:
+        check_unet_config(config, dim, source=folder / CONFIG_NAME)
+        return empty_seesr_model(model_class, config, dim, fresh_rca=fresh)
+    except ConfigLimitError as error:
+        raise CheckpointError(str(error)) from None
+    except Exception as error:  # diffusers raises ValueError/TypeError/KeyError on broken configs
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME} is not a valid {model_class.__name__} config: {error}"
+        ) from None
 
 
 def load_seesr_model(
@@ -208,96 +263,30 @@ def load_seesr_model(
         The model with RCA layers, in eval mode.
 
     Raises:
-        CheckpointError: unreadable folder, wrong model class, stock weights without ``allow_missing_rca``, or any
-            missing / unexpected / mis-shaped tensor (all listed in the message).
+        CheckpointError: unreadable folder or file, a config with insane sizes, wrong model class, stock weights
+            without ``allow_missing_rca``, or any missing / unexpected / mis-shaped / non-float tensor (listed).
     """
     kind = "unet" if model_class is UNet2DConditionModel else "controlnet"
     folder = _resolve_folder(path, kind)
     device = torch.device(device) if device is not None else torch.device("cpu")
 
-    # 1. Config: stock diffusers fields + SeeSR's flag (official) or seesr_config.json (ours).
-    config = _read_json(folder / CONFIG_NAME)
-    class_name = config.get("_class_name")
-    if class_name is not None and class_name != model_class.__name__:
-        other = "load_seesr_controlnet" if class_name == "ControlNetModel" else "load_seesr_unet"
-        raise CheckpointError(
-            f"{folder} holds a {class_name}, not a {model_class.__name__}"
-            + (f"; load it with {other}" if class_name in ("ControlNetModel", "UNet2DConditionModel") else "")
-        )
-    official_flag = bool(config.pop(OFFICIAL_FLAG, False))
-    stored_dim: int | None = None
-    if (folder / SEESR_CONFIG_NAME).is_file():
-        seesr_config = _read_json(folder / SEESR_CONFIG_NAME)
-        try:
-            stored_dim = int(seesr_config["image_cross_attention_dim"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{folder / SEESR_CONFIG_NAME} has no valid 'image_cross_attention_dim'") from error
+    # 1. Config, and the checkpoint's shapes and dtypes (headers only), renamed to our layout.
+    config, official_flag, stored_dim = _read_config(folder, model_class)
+    files, source = _weight_files(folder)
+    specs = _renamed(_read_specs(files), folder / source)
+    dim, fresh_rca = _rca_width(
+        folder, specs, official_flag, stored_dim, image_cross_attention_dim, allow_missing_rca, model_class
+    )
 
-    # 2. Weights, renamed to our layout (idempotent for folders we wrote).
-    raw_state_dict, source = _read_weights(folder, "cpu" if device.type == "meta" else str(device))
-    try:
-        state_dict = official_to_seesr_keys(raw_state_dict)
-    except ValueError as error:
-        raise CheckpointError(f"{folder / source}: {error}") from error
-    del raw_state_dict
-    has_rca = any(_RCA_MARKER in key for key in state_dict)
-    if has_rca:
-        dim = stored_dim or _infer_image_dim(state_dict) or DEFAULT_IMAGE_CROSS_ATTENTION_DIM
-        if image_cross_attention_dim is not None and image_cross_attention_dim != dim:
-            raise CheckpointError(
-                f"{folder} has image cross-attention of width {dim}, not the requested {image_cross_attention_dim}"
-            )
-    elif official_flag or stored_dim is not None:
-        dim = stored_dim or image_cross_attention_dim or DEFAULT_IMAGE_CROSS_ATTENTION_DIM
-    elif allow_missing_rca:
-        dim = image_cross_attention_dim or DEFAULT_IMAGE_CROSS_ATTENTION_DIM
-        logger.info("%s has no image cross-attention weights; initialising them freshly (width %d)", folder, dim)
-    else:
-        raise CheckpointError(
-            f"{folder} holds a stock diffusers {model_class.__name__} without SeeSR's image cross-attention (RCA) "
-            f"layers (no '{OFFICIAL_FLAG}' in {CONFIG_NAME}, no image_attentions tensors); pass the SeeSR "
-            f"'{kind}' folder, or use allow_missing_rca=True to start training from stock weights"
-        )
-    fresh_rca = not has_rca and allow_missing_rca and not (official_flag or stored_dim is not None)
+    # 2. Sizes checked, architecture on the meta device, every key/shape/dtype compared: nothing allocated yet.
+    model = _empty_model(folder, model_class, config, dim, fresh_rca)
+    expected = {key: value for key, value in model.state_dict().items() if not (fresh_rca and _RCA_MARKER in key)}
+    check_tensors(
+        specs, expected, source=f"{folder / source} ({model_class.__name__} of {CONFIG_NAME}; keys in seesr layout)"
+    )
 
-    # 3. Architecture on the meta device; fresh RCA layers (stock checkpoint) get real CPU tensors.
-    with init_empty_weights():
-        try:
-            model = model_class.from_config(config)
-        except Exception as error:  # diffusers raises ValueError/TypeError/KeyError on broken configs
-            raise CheckpointError(
-                f"{folder / CONFIG_NAME} is not a valid {model_class.__name__} config: {error}"
-            ) from error
-        if not fresh_rca:
-            add_image_cross_attention(model, dim)
-    if fresh_rca:
-        add_image_cross_attention(model, dim)
-
-    # 4. Every key and shape checked before anything is assigned.
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = expected.keys() - state_dict.keys()
-    if fresh_rca:
-        missing = {key for key in missing if _RCA_MARKER not in key}
-    unexpected = state_dict.keys() - expected.keys()
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {shape}"
-        for key, shape in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing: {_listing(missing)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"{len(mismatched)} with wrong shape: {_listing(mismatched)}")
-        raise CheckpointError(
-            f"{folder / source} does not match the {model_class.__name__} described by {CONFIG_NAME} "
-            f"(keys shown in seesr layout): " + "; ".join(problems)
-        )
-
-    # 5. Cast tensor by tensor (peak memory ~ one model), then assign instead of copying.
+    # 3. Read, cast tensor by tensor (peak memory ~ one model), then assign instead of copying.
+    state_dict = _renamed(_read_weights(files, "cpu" if device.type == "meta" else str(device)), folder / source)
     if dtype is not None:
         for key, value in state_dict.items():
             if value.is_floating_point() and value.dtype != dtype:
@@ -313,8 +302,7 @@ def load_seesr_model(
         leftover = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
         if leftover:  # pragma: no cover - guards against a diffusers change creating unsaved parameters
             raise CheckpointError(f"tensors not initialised by {folder}: {_listing(leftover)}")
-    model.eval()
-    return model
+    return model.eval()
 
 
 def load_seesr_unet(
