@@ -251,15 +251,13 @@ def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kep
 
 
 def _silence_loading() -> None:
-    """--quiet: no INFO logs and no weight-loading progress bars from seesr, diffusers and transformers."""
+    """--quiet and worker processes: no INFO logs from seesr, no other library's loading bars or messages."""
     import logging
 
-    import diffusers.utils.logging
-    import transformers.utils.logging
+    from seesr.utils.logging import silence_libraries
 
     logging.getLogger("seesr").setLevel(logging.WARNING)
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    silence_libraries()  # a no-op under seesr.cli.main, which already does this for the whole command
 
 
 def _err(message: str) -> None:
@@ -358,6 +356,7 @@ def _run(
         _silence_loading()
     from seesr.weights.unet import CheckpointError
     from seesr.pipeline.batch import upscale_files
+    from seesr.utils.logging import inner_progress_bars
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError
 
@@ -374,7 +373,9 @@ def _run(
         pipe.enable_fast_path(fast_config)
     if args.offload:
         fast.enable_offload(pipe, args.offload, device)
-    pipe.set_progress_bar_config(disable=args.quiet or not context.is_main, leave=False, desc="steps")
+    # the steps bar sits below the images bar: drawn on a terminal only (elsewhere it leaves ESC[A in logs)
+    show_steps = context.is_main and not args.quiet and inner_progress_bars()
+    pipe.set_progress_bar_config(disable=not show_steps, leave=False, desc="steps")
 
     # 3. Upscale this process's share of the inputs, reporting failures as they happen.
     if context.is_main:
