@@ -255,10 +255,10 @@ def build_tiny_pipeline(device: torch.device) -> Any:
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
     from seesr.pipeline.pipeline_seesr import SeeSRPipeline
     from seesr.pipeline.vae_tiling import VAETilingConfig
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_ram_tagger
+    from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
 
     pipe = SeeSRPipeline(
         vae=AutoencoderKL.from_pretrained(TINY / "vae").to(device).eval(),
@@ -267,7 +267,7 @@ def build_tiny_pipeline(device: torch.device) -> Any:
         unet=load_seesr_unet(TINY / "unet", device=device),
         controlnet=load_seesr_controlnet(TINY / "controlnet", device=device),
         scheduler=DDPMScheduler.from_pretrained(TINY / "scheduler"),
-        tagger=DAPETagger.from_ram_checkpoints(
+        tagger=load_ram_tagger(
             TINY / "ram/ram_swin_large_14m.pth", TINY / "ram/DAPE.pth", config_dir=TINY / "ram/configs"
         ).to(device),
     )

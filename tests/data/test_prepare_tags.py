@@ -11,6 +11,7 @@ from PIL import Image
 from seesr.cli.main import main
 from seesr.data.prepare import PrepareError, PrepareOptions, prepare_dataset, resolve_teacher_source
 from seesr.tagger.dape import DAPETagger
+from seesr.weights.tagger import load_ram_tagger
 from tests.conftest import TINY
 
 RAM_FILE = TINY / "ram" / "ram_swin_large_14m.pth"
@@ -19,12 +20,12 @@ CONFIGS = TINY / "ram" / "configs"
 
 @pytest.fixture(scope="module")
 def base_ram() -> DAPETagger:
-    return DAPETagger.from_ram_checkpoints(RAM_FILE, dape_path=None, config_dir=CONFIGS)
+    return load_ram_tagger(RAM_FILE, dape_path=None, config_dir=CONFIGS)
 
 
 @pytest.fixture(scope="module")
 def dape_ram() -> DAPETagger:
-    return DAPETagger.from_ram_checkpoints(RAM_FILE, dape_path=TINY / "ram" / "DAPE.pth", config_dir=CONFIGS)
+    return load_ram_tagger(RAM_FILE, dape_path=TINY / "ram" / "DAPE.pth", config_dir=CONFIGS)
 
 
 def tag_options(hr_folder: Path, out: Path, tagger: Path | None) -> PrepareOptions:

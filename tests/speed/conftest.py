@@ -30,7 +30,7 @@ def tiny_pipeline_parts(tiny_models: dict[str, Any]) -> dict[str, Any]:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_ram_tagger
 
     return {
         "vae": AutoencoderKL.from_pretrained(TINY / "vae").eval(),
@@ -39,7 +39,7 @@ def tiny_pipeline_parts(tiny_models: dict[str, Any]) -> dict[str, Any]:
         "unet": tiny_models["unet"],
         "controlnet": tiny_models["controlnet"],
         "scheduler": tiny_models["scheduler"],
-        "tagger": DAPETagger.from_ram_checkpoints(
+        "tagger": load_ram_tagger(
             TINY / "ram" / "ram_swin_large_14m.pth", TINY / "ram" / "DAPE.pth", config_dir=TINY / "ram" / "configs"
         ),
     }

@@ -28,13 +28,13 @@ def ram_io_json() -> dict:
 
 @pytest.fixture(scope="session")
 def dape_tagger():
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_ram_tagger
 
-    return DAPETagger.from_ram_checkpoints(RAM_PTH, DAPE_PTH, config_dir=CONFIGS)
+    return load_ram_tagger(RAM_PTH, DAPE_PTH, config_dir=CONFIGS)
 
 
 @pytest.fixture(scope="session")
 def base_tagger():
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_ram_tagger
 
-    return DAPETagger.from_ram_checkpoints(RAM_PTH, None, config_dir=CONFIGS)
+    return load_ram_tagger(RAM_PTH, None, config_dir=CONFIGS)

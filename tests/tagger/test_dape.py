@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from seesr.tagger.convert import CheckpointError, convert_ram_state_dict, load_torch_checkpoint
-from seesr.tagger.dape import DAPETagger, convert_ram_to_safetensors, decode_tags, preprocess_images
+from seesr.tagger.convert import CheckpointError, convert_ram_state_dict
+from seesr.tagger.dape import DAPETagger, decode_tags, preprocess_images
 from seesr.tagger.tags import NUM_CLASSES, load_class_thresholds
+from seesr.weights.reader import WeightReadError, read_state_dict
+from seesr.weights.tagger import convert_ram_to_safetensors, load_ram_tagger
 from tests.conftest import TINY
 from tests.tagger.conftest import CONFIGS, DAPE_PTH, RAM_DIR, RAM_PTH
 
@@ -181,7 +183,7 @@ def test_save_pretrained_roundtrip_and_convert(tmp_path, dape_tagger, ram_io):
 
 
 def test_dtype_argument():
-    tagger = DAPETagger.from_ram_checkpoints(RAM_PTH, DAPE_PTH, config_dir=CONFIGS, dtype=torch.bfloat16)
+    tagger = load_ram_tagger(RAM_PTH, DAPE_PTH, config_dir=CONFIGS, dtype=torch.bfloat16)
     assert {p.dtype for p in tagger.parameters()} == {torch.bfloat16}
     results, embeds = tagger.tag_and_embed(Image.open(SOURCE_PNG))
     assert embeds.dtype == torch.bfloat16 and isinstance(results[0].prompt, str)
@@ -189,37 +191,37 @@ def test_dtype_argument():
 
 # ------------------------------------------------------------------------------------------ strict loading
 def test_missing_and_unexpected_keys_are_errors(tmp_path):
-    state = load_torch_checkpoint(RAM_PTH)
+    state = read_state_dict(RAM_PTH, entry="model")
     broken = dict(state)
     del broken["fc.weight"]
     torch.save({"model": broken}, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match="missing keys.*fc.weight"):
-        DAPETagger.from_ram_checkpoints(tmp_path / "missing.pth", config_dir=CONFIGS)
+    with pytest.raises(WeightReadError, match=r"missing key\(s\): fc.weight"):
+        load_ram_tagger(tmp_path / "missing.pth", config_dir=CONFIGS)
     extra = dict(state)
     extra["something_else.weight"] = torch.zeros(1)
     torch.save({"model": extra}, tmp_path / "extra.pth")
     with pytest.raises(CheckpointError, match="unexpected keys"):
-        DAPETagger.from_ram_checkpoints(tmp_path / "extra.pth", config_dir=CONFIGS)
+        load_ram_tagger(tmp_path / "extra.pth", config_dir=CONFIGS)
 
 
 def test_wrong_configuration_is_a_clear_error():
-    with pytest.raises(CheckpointError, match="shape mismatches"):
-        DAPETagger.from_ram_checkpoints(RAM_PTH, DAPE_PTH)  # tiny weights, full-size default config
+    with pytest.raises(WeightReadError, match="wrong shape"):
+        load_ram_tagger(RAM_PTH, DAPE_PTH)  # tiny weights, full-size default config
 
 
 def test_unsafe_or_missing_files_are_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        DAPETagger.from_ram_checkpoints(tmp_path / "nope.pth", config_dir=CONFIGS)
+        load_ram_tagger(tmp_path / "nope.pth", config_dir=CONFIGS)
 
     torch.save({"model": {"x": argparse.Namespace(a=1)}}, tmp_path / "pickle.pth")  # refused by weights_only
-    with pytest.raises(CheckpointError, match="safe PyTorch checkpoint"):
-        DAPETagger.from_ram_checkpoints(tmp_path / "pickle.pth", config_dir=CONFIGS)
+    with pytest.raises(WeightReadError, match="refused: the file holds pickled Python objects"):
+        load_ram_tagger(tmp_path / "pickle.pth", config_dir=CONFIGS)
 
 
 def test_lora_rules_on_state_dicts():
     """Tied tag-encoder LoRA merges into the tagging head; text-decoder LoRA is ignored; unknown targets fail."""
-    state = load_torch_checkpoint(RAM_PTH)
-    lora = load_torch_checkpoint(DAPE_PTH)
+    state = read_state_dict(RAM_PTH, entry="model")
+    lora = read_state_dict(DAPE_PTH)
     base = convert_ram_state_dict(state, None).state_dict
     reference = convert_ram_state_dict(state, lora).state_dict
 

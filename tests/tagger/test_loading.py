@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from seesr.tagger.loading import (
+from seesr.weights.tagger import (
     TaggerNotFoundError,
     TaggerSource,
     default_tagger_source,
@@ -88,10 +87,7 @@ def _fake_hub_file(cache: Path, repo_id: str, filename: str, source: Path) -> Pa
     return target
 
 
-@pytest.mark.parametrize("with_weights_catalogue", [True, False])
-def test_default_location_reads_the_hugging_face_cache(tmp_path, monkeypatch, with_weights_catalogue):
-    if not with_weights_catalogue:
-        monkeypatch.setitem(sys.modules, "seesr.weights", None)  # import fails: the plain cache lookup is used
+def test_default_location_reads_the_hugging_face_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     with pytest.raises(TaggerNotFoundError, match="ram_swin_large_14m.pth"):

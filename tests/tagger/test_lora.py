@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seesr.tagger.dape import DAPETagger
+from seesr.weights.tagger import load_ram_tagger
 from seesr.tagger.lora import SplitQKV, apply_dape_lora, export_dape_state_dict, merge_dape_lora
 from tests.tagger.conftest import CONFIGS, DAPE_PTH, RAM_PTH
 
@@ -69,7 +70,7 @@ def test_merge_export_and_reload_agree(lora_model, base_tagger, pixels, tmp_path
     exported = export_dape_state_dict(lora_model)
     assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in exported.values())
     torch.save(exported, tmp_path / "DAPE.pth")
-    reloaded = DAPETagger.from_ram_checkpoints(RAM_PTH, tmp_path / "DAPE.pth", config_dir=CONFIGS)
+    reloaded = load_ram_tagger(RAM_PTH, tmp_path / "DAPE.pth", config_dir=CONFIGS)
 
     merged = merge_dape_lora(lora_model)
     assert isinstance(merged.visual_encoder.layers[0].blocks[0].attn.qkv, torch.nn.Linear)
@@ -87,7 +88,7 @@ def test_alpha_other_than_official_is_rescaled_on_export(base_tagger, pixels, tm
     _randomise_lora(model, seed=3)
     model.eval()
     torch.save(export_dape_state_dict(model), tmp_path / "DAPE.pth")
-    reloaded = DAPETagger.from_ram_checkpoints(RAM_PTH, tmp_path / "DAPE.pth", config_dir=CONFIGS)
+    reloaded = load_ram_tagger(RAM_PTH, tmp_path / "DAPE.pth", config_dir=CONFIGS)
     with torch.no_grad():
         assert torch.allclose(reloaded(pixels).logits, model(pixels).logits, atol=1e-4)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 
-from seesr.tagger.convert import check_state_dict, convert_ram_state_dict
+from seesr.tagger.convert import convert_ram_state_dict
 from seesr.tagger.dape import DAPETagger
+from seesr.weights.reader import check_tensors
 from tests.conftest import MANIFESTS
 
 TIED_LORA = re.compile(r"tag_encoder\.encoder\.layer\.[01]\.crossattention\.self\.(query|key)\.lora_[AB]")
@@ -57,7 +58,9 @@ def test_manifest_maps_completely(full_size_model, base, lora):
     ram = _meta_state_dict(base)
     dape = _meta_state_dict(lora) if lora else None
     converted = convert_ram_state_dict(ram, dape, visual_encoder=full_size_model.visual_encoder)
-    check_state_dict(full_size_model, converted.state_dict)  # every model key found, right shape, nothing extra
+    check_tensors(
+        converted.state_dict, full_size_model.state_dict(), source="manifest"
+    )  # every model key found, right shape, nothing extra
     all_keys = list(ram) + list(dape or {})
     assert set(converted.ignored) == _expected_ignored(all_keys)
     # tag encoder 317 + text decoder 324 + derived buffers 35, plus the 248 - 2*32 LoRA tensors not merged
@@ -81,7 +84,7 @@ def test_legacy_vision_multi_name(full_size_model):
         for key, v in _meta_state_dict("ram_swin_large_14m.json").items()
     }
     converted = convert_ram_state_dict(ram, None, visual_encoder=full_size_model.visual_encoder)
-    check_state_dict(full_size_model, converted.state_dict)
+    check_tensors(converted.state_dict, full_size_model.state_dict(), source="manifest")
 
 
 def test_full_size_lora_export_has_the_official_dape_layout():

@@ -85,8 +85,7 @@ def test_dape_resume_reproduces_the_uninterrupted_run(dape_run, tmp_path):
 def test_dape_outputs_load_as_taggers(dape_run, tmp_path):
     """DAPE.pth has the official layout and, loaded onto RAM, equals the merged tagger/ folder; `seesr tag` runs."""
     from seesr.cli.main import main as cli
-    from seesr.tagger.dape import DAPETagger
-    from seesr.tagger.loading import load_tagger
+    from seesr.weights.tagger import load_ram_tagger, load_tagger
 
     _, _, result = dape_run
     out = result.final_model_dir
@@ -98,11 +97,9 @@ def test_dape_outputs_load_as_taggers(dape_run, tmp_path):
     assert torch.count_nonzero(qkv_b) > 0  # trained (B starts at zero)
     assert "tagging_head.encoder.layer.0.crossattention.self.query.lora_B" in state
 
-    from_official = DAPETagger.from_ram_checkpoints(
-        TINY_RAM / "ram_swin_large_14m.pth", out / "DAPE.pth", TINY_RAM / "configs"
-    )
+    from_official = load_ram_tagger(TINY_RAM / "ram_swin_large_14m.pth", out / "DAPE.pth", TINY_RAM / "configs")
     merged = load_tagger(out)  # finds tagger/ (the merged safetensors folder)
-    plain = DAPETagger.from_ram_checkpoints(TINY_RAM / "ram_swin_large_14m.pth", None, TINY_RAM / "configs")
+    plain = load_ram_tagger(TINY_RAM / "ram_swin_large_14m.pth", None, TINY_RAM / "configs")
     pixels = torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b, c = from_official(pixels), merged(pixels), plain(pixels)

@@ -89,10 +89,9 @@ def _error(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from seesr.tagger.convert import CheckpointError
-    from seesr.tagger.loading import TaggerNotFoundError, load_tagger
     from seesr.utils.device import DTYPES, resolve_device
     from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, iter_image_files, load_image
+    from seesr.weights.tagger import TAGGER_LOAD_ERRORS, load_tagger
 
     try:
         device = resolve_device(args.device)
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tagger = load_tagger(args.model, device=device, dtype=dtype)
-    except (TaggerNotFoundError, CheckpointError) as error:
+    except TAGGER_LOAD_ERRORS as error:
         raise CLIError(str(error)) from None
 
     max_pixels = args.max_input_pixels or DEFAULT_MAX_INPUT_PIXELS

@@ -218,14 +218,14 @@ def _tag_missing(out: Path, options: PrepareOptions, report: PrepareReport, load
 
 
 def resolve_teacher_source(path: Path | None) -> Any:
-    """Where the plain RAM teacher comes from, as a :class:`seesr.tagger.loading.TaggerSource` with no DAPE LoRA.
+    """Where the plain RAM teacher comes from, as a :class:`seesr.weights.tagger.TaggerSource` with no DAPE LoRA.
 
     ``path``: ``ram_swin_large_14m.pth`` itself (a ``configs/`` folder beside it marks a non-standard size, e.g. the
-    tiny test RAM), any folder :func:`seesr.tagger.loading.resolve_tagger_source` understands (release bundle,
+    tiny test RAM), any folder :func:`seesr.weights.tagger.resolve_tagger_source` understands (release bundle,
     folder holding the checkpoint, converted tagger folder), or None for the RAM file in the Hugging Face cache.
     Raises :class:`PrepareError` when nothing is found.
     """
-    from seesr.tagger.loading import TaggerNotFoundError, TaggerSource, default_tagger_source, resolve_tagger_source
+    from seesr.weights.tagger import TaggerNotFoundError, TaggerSource, default_tagger_source, resolve_tagger_source
 
     try:
         if path is None:
@@ -249,13 +249,9 @@ def resolve_teacher_source(path: Path | None) -> Any:
 
 def load_teacher_tagger(source: Any, device: torch.device) -> Any:
     """The teacher tagger (float32, eval) from a source given by :func:`resolve_teacher_source`."""
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_tagger_source
 
-    if source.pretrained_dir is not None:
-        tagger = DAPETagger.from_pretrained(source.pretrained_dir, torch_dtype=torch.float32)
-    else:
-        tagger = DAPETagger.from_ram_checkpoints(source.ram_path, dape_path=None, config_dir=source.config_dir)
-    return tagger.to(device=device, dtype=torch.float32).eval()
+    return load_tagger_source(source, dtype=torch.float32, device=device)
 
 
 def prepare_dataset(

@@ -1,6 +1,7 @@
 """DAPE tagger: RAM Swin-L + tagging head with the DAPE LoRA merged (hard and soft prompts for SeeSR).
 
-Names are imported lazily so that ``import seesr.tagger.tags`` (used by the CLI) stays free of torch.
+Architecture and pure conversion only (no file is read here); :mod:`seesr.weights.tagger` finds and loads the
+weights. Names are imported lazily so that ``import seesr.tagger.tags`` (used by the CLI) stays free of torch.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "DAPETagger": "seesr.tagger.dape",
     "DAPEOutput": "seesr.tagger.dape",
-    "convert_ram_to_safetensors": "seesr.tagger.dape",
     "decode_tags": "seesr.tagger.dape",
     "preprocess_images": "seesr.tagger.dape",
-    "load_tagger": "seesr.tagger.loading",
-    "TaggerNotFoundError": "seesr.tagger.loading",
     "apply_dape_lora": "seesr.tagger.lora",
     "export_dape_state_dict": "seesr.tagger.lora",
     "merge_dape_lora": "seesr.tagger.lora",

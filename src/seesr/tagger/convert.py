@@ -1,4 +1,5 @@
-"""Official RAM / DAPE checkpoints -> :class:`~seesr.tagger.dape.DAPETagger` state dicts (pure functions).
+"""Official RAM / DAPE checkpoints -> :class:`~seesr.tagger.dape.DAPETagger` state dicts (pure functions: state
+dicts and config dicts in, state dicts and config dicts out; the files are read by :mod:`seesr.weights.tagger`).
 
 Official files:
 
@@ -30,13 +31,12 @@ Conversion rules (each is a fact of the official model, see REFERENCE.md §3 and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -236,83 +236,32 @@ def convert_ram_state_dict(
     return ConvertedRAM(state_dict=state_dict, ignored=ignored, merged_lora=merged_lora)
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming missing, unexpected and wrongly shaped keys (strict loading)."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong = [
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
-    if problems:
-        raise CheckpointError(
-            f"{source} does not match the tagger configuration: {'; '.join(problems)}. "
-            "For a non-standard size pass the official config folder (config_dir / ram/configs)."
-        )
-
-
-def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.pth`` safely (``weights_only=True``, memory-mapped when the file format allows it).
-
-    Returns the state dict (the ``"model"`` entry when present). Raises FileNotFoundError / CheckpointError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:  # legacy (non-zip) serialisation cannot be memory-mapped
-            if "mmap" not in str(error):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - turn any unpickling problem into one clear message
-        raise CheckpointError(
-            f"{path}: cannot read as a safe PyTorch checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
-        data = data["model"]
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors")
-    return dict(data)
-
-
-def config_from_official_files(config_dir: str | os.PathLike) -> dict:
-    """DAPETagger config values from RAM's config folder (``q2l_config.json``, ``swin/config_swinL_384.json``).
+def official_config(q2l: Mapping[str, Any], swin: Mapping[str, Any], source: str | os.PathLike = "RAM config") -> dict:
+    """DAPETagger config values from RAM's two config dicts (``q2l_config.json``, ``swin/config_swinL_384.json``).
 
     ``encoder_width`` in ``q2l_config.json`` is ignored: RAM overrides it with the 512-d image embeddings.
     """
-    config_dir = Path(config_dir)
-    missing = [name for name in OFFICIAL_CONFIG_FILES if not (config_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{config_dir}: missing official RAM config files {', '.join(missing)}")
-    q2l = json.loads((config_dir / "q2l_config.json").read_text())
-    swin = json.loads((config_dir / "swin/config_swinL_384.json").read_text())
-    depths, embed_dim = list(swin["depths"]), int(swin["embed_dim"])
-    vision_width = swin.get("vision_width")
-    if vision_width is not None and vision_width != embed_dim * 2 ** (len(depths) - 1):
-        raise CheckpointError(f"{config_dir}: vision_width {vision_width} does not match embed_dim/depths")
-    return {
-        "image_size": int(swin["image_res"]),
-        "embed_dim": embed_dim,
-        "depths": depths,
-        "num_heads": list(swin["num_heads"]),
-        "window_size": int(swin["window_size"]),
-        "head_hidden_size": int(q2l["hidden_size"]),
-        "head_num_layers": int(q2l["num_hidden_layers"]),
-        "head_num_heads": int(q2l["num_attention_heads"]),
-        "head_intermediate_size": int(q2l["intermediate_size"]),
-        "head_layer_norm_eps": float(q2l.get("layer_norm_eps", 1e-12)),
-        "head_hidden_act": q2l.get("hidden_act", "gelu"),
-        "head_dropout": float(q2l.get("hidden_dropout_prob", 0.1)),
-        "head_attention_dropout": float(q2l.get("attention_probs_dropout_prob", 0.1)),
-    }
+    try:
+        depths, embed_dim = list(swin["depths"]), int(swin["embed_dim"])
+        vision_width = swin.get("vision_width")
+        if vision_width is not None and vision_width != embed_dim * 2 ** (len(depths) - 1):
+            raise CheckpointError(f"{source}: vision_width {vision_width} does not match embed_dim/depths")
+        return {
+            "image_size": int(swin["image_res"]),
+            "embed_dim": embed_dim,
+            "depths": depths,
+            "num_heads": list(swin["num_heads"]),
+            "window_size": int(swin["window_size"]),
+            "head_hidden_size": int(q2l["hidden_size"]),
+            "head_num_layers": int(q2l["num_hidden_layers"]),
+            "head_num_heads": int(q2l["num_attention_heads"]),
+            "head_intermediate_size": int(q2l["intermediate_size"]),
+            "head_layer_norm_eps": float(q2l.get("layer_norm_eps", 1e-12)),
+            "head_hidden_act": q2l.get("hidden_act", "gelu"),
+            "head_dropout": float(q2l.get("hidden_dropout_prob", 0.1)),
+            "head_attention_dropout": float(q2l.get("attention_probs_dropout_prob", 0.1)),
+        }
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{source}: not a valid RAM config ({type(error).__name__}: {error})") from None

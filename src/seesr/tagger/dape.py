@@ -10,19 +10,19 @@ One forward pass gives both SeeSR prompts for a low-resolution image::
 
 The official flow ran the Swin twice (once for tags, once for embeddings); here it runs once per call.
 The image encoder is timm's ``SwinTransformer`` (RAM's Swin-L loads into it exactly); the tagging head is our own
-module on transformers' BERT sub-layers (:mod:`seesr.tagger.tagging_head`). Weights come from the official files via
-:meth:`DAPETagger.from_ram_checkpoints` (LoRA merged, no LoRA code at inference) or from our converted folder via
-``from_pretrained`` (diffusers ``ModelMixin``, safetensors).
+module on transformers' BERT sub-layers (:mod:`seesr.tagger.tagging_head`). This module reads no files: weights come
+from the official files via :func:`seesr.weights.tagger.load_ram_tagger` (LoRA merged by
+:mod:`seesr.tagger.convert`, no LoRA code at inference) or from our converted folder via
+:func:`seesr.weights.tagger.load_pretrained_tagger` (safetensors), both after :func:`check_tagger_config`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,15 +35,9 @@ from PIL import Image
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from seesr.tagger.convert import (
-    ConvertedRAM,
-    check_state_dict,
-    config_from_official_files,
-    convert_ram_state_dict,
-    load_torch_checkpoint,
-)
 from seesr.tagger.tagging_head import TaggingHead
 from seesr.tagger.tags import NUM_CLASSES, Tag, TagResult, format_tags, load_class_thresholds, load_tag_list
+from seesr.utils.limits import ConfigLimitError, check_config_limits
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +160,55 @@ def decode_tags(probs: torch.Tensor, threshold: float | None = None, lang: str =
         tags = [Tag(name=names[i], probability=float(row[i]), index=i) for i in indices]
         results.append(TagResult(tags=tags, prompt=format_tags([t.name for t in tags])))
     return results
+
+
+#: Upper bounds of the DAPETagger config (official: Swin-L 384/4, window 12, 4585 classes, 768-d head).
+TAGGER_CONFIG_LIMITS: dict[str, int] = {
+    "image_size": 2048,
+    "patch_size": 64,
+    "embed_dim": 2048,
+    "depths": 64,
+    "num_heads": 256,
+    "window_size": 64,
+    "image_embed_dim": 8192,
+    "num_classes": 100_000,
+    "label_embed_dim": 8192,
+    "head_hidden_size": 8192,
+    "head_num_layers": 48,
+    "head_num_heads": 256,
+    "head_intermediate_size": 32768,
+}
+#: Upper bound of the Swin shift masks and position indices built with the model (official: ~6 MB).
+MAX_DERIVED_BUFFER_BYTES = 1 << 30
+
+
+def _derived_buffer_bytes(config: Mapping[str, Any]) -> int:
+    """Bytes of timm's Swin masks (float32, per shifted block) and relative position indices (int64, per block)."""
+    image_size, patch_size = int(config.get("image_size", 384)), max(1, int(config.get("patch_size", 4)))
+    window = max(1, int(config.get("window_size", 12)))
+    total = 0
+    for stage, depth in enumerate(config.get("depths", (2, 2, 18, 2))):
+        side = max(1, image_size // patch_size // 2**stage)
+        stage_window = min(window, side)
+        total += int(depth) * (stage_window**4 * 8 + side * side * stage_window * stage_window * 4)
+    return total
+
+
+def check_tagger_config(config: Mapping[str, Any], *, source: str | os.PathLike) -> None:
+    """Refuse (by file and field) a config outside :data:`TAGGER_CONFIG_LIMITS`, or whose Swin would build more than
+    :data:`MAX_DERIVED_BUFFER_BYTES` of masks, before the model is built. Raises
+    :class:`~seesr.utils.limits.ConfigLimitError`."""
+    check_config_limits(config, TAGGER_CONFIG_LIMITS, source=source, max_list_length=8)
+    try:
+        size = _derived_buffer_bytes(config)
+    except (TypeError, ValueError) as error:
+        raise ConfigLimitError(f"{source}: Swin sizes are not numbers ({error})") from None
+    if size > MAX_DERIVED_BUFFER_BYTES:
+        raise ConfigLimitError(
+            f"{source}: this Swin (image_size {config.get('image_size')}, window_size {config.get('window_size')}) "
+            f"would build {size / 2**30:.1f} GiB of attention masks (at most {MAX_DERIVED_BUFFER_BYTES / 2**30:.0f} "
+            "GiB); the config does not describe a DAPE tagger"
+        )
 
 
 class DAPETagger(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -316,50 +359,12 @@ class DAPETagger(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_ram_checkpoints(
-        cls,
-        ram_path: str | os.PathLike,
-        dape_path: str | os.PathLike | None = None,
-        config_dir: str | os.PathLike | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> DAPETagger:
-        """Build from the official files, with the DAPE LoRA merged in float32 (inference needs no LoRA code).
-
-        Args:
-            ram_path: ``ram_swin_large_14m.pth`` (``{"model": state_dict}``), read with ``weights_only=True``.
-            dape_path: ``DAPE.pth`` (flat LoRA dict) or None for plain RAM (the tagger of the training data).
-            config_dir: folder with RAM's config files (``q2l_config.json``, ``swin/config_swinL_384.json``) for
-                non-standard sizes; None = the official full-size model (Swin-L @ 384).
-            dtype: dtype of the returned model (the merge itself is always float32).
-
-        Loading is strict apart from the documented ignored keys (tag encoder, text decoder, derived Swin buffers;
-        see :mod:`seesr.tagger.convert`). No tokenizer and no network access are needed.
-        """
-        from accelerate import init_empty_weights
-
-        config = config_from_official_files(config_dir) if config_dir is not None else {}
-        with init_empty_weights():  # parameters on the meta device, buffers (relative_position_index, masks) real
-            model = cls(**config)
-        ram_state = load_torch_checkpoint(ram_path)
-        dape_state = load_torch_checkpoint(dape_path) if dape_path is not None else None
-        converted: ConvertedRAM = convert_ram_state_dict(ram_state, dape_state, visual_encoder=model.visual_encoder)
-        logger.debug(
-            "RAM conversion: %d keys used, %d ignored, %d LoRA modules merged",
-            len(converted.state_dict),
-            len(converted.ignored),
-            len(converted.merged_lora),
-        )
-        # Cast after the float32 merge; clone so nothing stays memory-mapped to the .pth file.
-        state_dict = {key: value.to(dtype, copy=True) for key, value in converted.state_dict.items()}
-        check_state_dict(model, state_dict, source=str(ram_path))
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        model.init_derived_buffers()
-        del ram_state, dape_state
-        return model.eval()
-
-    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DAPETagger:
-        """diffusers ``ModelMixin.from_pretrained`` (our converted folder), then recompute the derived Swin buffers."""
+        """diffusers ``ModelMixin.from_pretrained`` (our converted folder), then recompute the derived Swin buffers.
+
+        seesr itself loads converted folders with :func:`seesr.weights.tagger.load_pretrained_tagger` (config sizes
+        checked, meta-device build, strict keys); this is the diffusers convention for users who expect it.
+        """
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         model.init_derived_buffers()
         return model
@@ -367,27 +372,16 @@ class DAPETagger(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def init_derived_buffers(self) -> None:
         """(Re)compute timm's non-persistent Swin buffers (relative position index, shift masks).
 
-        Meta-device construction (``init_empty_weights``, diffusers' low-memory loading) leaves some of them on the
-        meta device; timm recomputes them from the window geometry on the device of the loaded weights.
+        Meta-device construction leaves them on the meta device; they are recreated from the window geometry on the
+        device of the loaded weights.
         """
+        device = self.image_proj.weight.device
         for module in self.visual_encoder.modules():
-            if module is not self.visual_encoder and hasattr(module, "init_non_persistent_buffers"):
+            if module is self.visual_encoder:
+                continue
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer.is_meta:
+                    persistent = name not in module._non_persistent_buffers_set
+                    module.register_buffer(name, torch.empty_like(buffer, device=device), persistent=persistent)
+            if hasattr(module, "init_non_persistent_buffers"):
                 module.init_non_persistent_buffers()
-
-
-def convert_ram_to_safetensors(
-    ram_path: str | os.PathLike,
-    dape_path: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
-    config_dir: str | os.PathLike | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
-    """Official ``ram_swin_large_14m.pth`` (+ ``DAPE.pth``) -> a ``save_pretrained`` folder (config + safetensors).
-
-    The folder loads with ``DAPETagger.from_pretrained(out_dir)`` (no pickle, LoRA already merged). Returns
-    ``out_dir``. Used by ``seesr convert``.
-    """
-    tagger = DAPETagger.from_ram_checkpoints(ram_path, dape_path, config_dir=config_dir, dtype=dtype)
-    out_dir = Path(out_dir)
-    tagger.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir

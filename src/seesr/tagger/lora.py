@@ -13,7 +13,7 @@ stock LoRA targets ``qkv.q`` and ``qkv.v``. The two rank-8 factors map one-to-on
 
 Typical use::
 
-    student = apply_dape_lora(DAPETagger.from_ram_checkpoints(ram_pth))   # only LoRA parameters are trainable
+    student = apply_dape_lora(load_ram_tagger(ram_pth))   # seesr.weights.tagger; only LoRA parameters train
     ... train ...
     torch.save(export_dape_state_dict(student), "DAPE.pth")               # official layout, loads anywhere
     tagger = merge_dape_lora(student)                                      # plain DAPETagger, LoRA merged

@@ -44,13 +44,12 @@ def load_frozen_tagger(ram_path: str, dape_path: str | None, config_dir: str | N
 
     Args:
         ram_path: ``ram_swin_large_14m.pth``, or (with ``dape_path`` None) any folder
-            :func:`seesr.tagger.loading.load_tagger` accepts: a converted ``tagger/`` folder, a bundle, a release
+            :func:`seesr.weights.tagger.load_tagger` accepts: a converted ``tagger/`` folder, a bundle, a release
             folder with ``ram/``, or ``seesr train dape`` output.
         dape_path: ``DAPE.pth`` or None (plain RAM when ``ram_path`` is a file).
         config_dir: RAM config folder for non-standard sizes (official files only).
     """
-    from seesr.tagger.dape import DAPETagger
-    from seesr.tagger.loading import TaggerNotFoundError, load_tagger
+    from seesr.weights.tagger import TaggerNotFoundError, load_ram_tagger, load_tagger
 
     path = Path(ram_path)
     if not path.exists():
@@ -64,7 +63,7 @@ def load_frozen_tagger(ram_path: str, dape_path: str | None, config_dir: str | N
                     f"give model.dape_model_path only with a RAM .pth file, not with the folder {path}"
                 )
             return load_tagger(path, dtype=torch.float32).eval()
-        return DAPETagger.from_ram_checkpoints(path, dape_path, config_dir=config_dir).eval()
+        return load_ram_tagger(path, dape_path, config_dir=config_dir).eval()
     except (OSError, ValueError, KeyError, RuntimeError, TaggerNotFoundError) as error:
         raise TrainingError(f"cannot load the tagger from {path}: {error}") from error
 
@@ -76,6 +75,7 @@ def load_dape_student(model: DAPEModelConfig) -> Any:
     ``model.dape_model_path``, from that ``DAPE.pth``.
     """
     from seesr.tagger.lora import apply_dape_lora
+    from seesr.weights.reader import read_state_dict
 
     if Path(model.ram_model_path).is_dir():
         raise TrainingError(
@@ -86,7 +86,7 @@ def load_dape_student(model: DAPEModelConfig) -> Any:
         path = Path(model.dape_model_path)
         if not path.is_file():
             raise TrainingError(f"DAPE checkpoint {path} does not exist")
-        load_official_lora(student, torch.load(path, map_location="cpu", weights_only=True), str(path))
+        load_official_lora(student, read_state_dict(path), str(path))
     return student
 
 
@@ -140,15 +140,15 @@ def export_dape(student: Any, model: DAPEModelConfig, output_dir: Path) -> Path:
     """Write ``DAPE.pth`` (official layout) and ``tagger/`` (LoRA merged, safetensors) into ``output_dir``.
 
     ``tagger/`` is built the way every released DAPE is used: the RAM checkpoint with the new ``DAPE.pth`` merged
-    in float32 (:meth:`DAPETagger.from_ram_checkpoints`), so the training model itself is left untouched.
+    in float32 (:func:`seesr.weights.tagger.load_ram_tagger`), so the training model itself is left untouched.
     Returns ``output_dir``.
     """
-    from seesr.tagger.dape import DAPETagger
     from seesr.tagger.lora import export_dape_state_dict
+    from seesr.weights.tagger import load_ram_tagger
 
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.save(export_dape_state_dict(student), output_dir / "DAPE.pth")
-    merged = DAPETagger.from_ram_checkpoints(model.ram_model_path, output_dir / "DAPE.pth", model.ram_config_dir)
+    merged = load_ram_tagger(model.ram_model_path, output_dir / "DAPE.pth", model.ram_config_dir)
     merged.save_pretrained(output_dir / "tagger", safe_serialization=True)
     logger.info("wrote %s and %s", output_dir / "DAPE.pth", output_dir / "tagger")
     return output_dir

@@ -107,23 +107,21 @@ def load_unet_and_controlnet(location: ModelLocation, dtype: torch.dtype, device
 
 def load_dape_tagger(location: ModelLocation, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
     """DAPE tagger: the converted ``tagger/`` folder (safetensors) or the official RAM + DAPE ``.pth`` files."""
-    from seesr.tagger.dape import DAPETagger
+    from seesr.weights.tagger import load_pretrained_tagger, load_ram_tagger
 
     if location.tagger is not None:
         try:
-            tagger = DAPETagger.from_pretrained(str(location.tagger), torch_dtype=dtype)
-        except Exception as error:
+            return load_pretrained_tagger(location.tagger, dtype=dtype, device=device)
+        except (OSError, ValueError) as error:
             raise _wrap("DAPE tagger", location.tagger, error) from error
-    else:
-        if location.ram_checkpoint is None:
-            raise ModelLoadError(f"{location.description} has no DAPE tagger files")
-        try:
-            tagger = DAPETagger.from_ram_checkpoints(
-                location.ram_checkpoint, location.dape_checkpoint, config_dir=location.ram_config_dir, dtype=dtype
-            )
-        except Exception as error:
-            raise _wrap("DAPE tagger (RAM + DAPE.pth)", location.ram_checkpoint, error) from error
-    return tagger.to(device).eval()
+    if location.ram_checkpoint is None:
+        raise ModelLoadError(f"{location.description} has no DAPE tagger files")
+    try:
+        return load_ram_tagger(
+            location.ram_checkpoint, location.dape_checkpoint, location.ram_config_dir, dtype=dtype, device=device
+        )
+    except (OSError, ValueError) as error:
+        raise _wrap("DAPE tagger (RAM + DAPE.pth)", location.ram_checkpoint, error) from error
 
 
 def load_pipeline(
