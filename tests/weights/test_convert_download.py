@@ -9,12 +9,9 @@ import torch
 
 from seesr.cli.main import main
 from seesr.pipeline.pipeline_seesr import SeeSRPipeline
-from seesr.weights.catalog import CATALOG, files_for
-from seesr.weights.download import DownloadError, download_weights
-from seesr.weights.resolve import MissingWeightsError, default_bundle_dir, resolve_model
+from seesr.weights.resolve import default_bundle_dir, resolve_model
 from tests.conftest import TINY
 from tests.pipeline.helpers import tiny_pipeline
-from tests.weights.helpers import put_in_cache
 
 
 def _same_weights(pipe, reference):
@@ -86,54 +83,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# download
-
-
-def test_download_offline_lists_missing_files_without_network(fresh_hf_cache, no_network, capsys):
-    with pytest.raises(MissingWeightsError, match=f"{len(CATALOG)} file"):
-        download_weights(downloader=lambda *a, **k: pytest.fail("downloader called while offline"))
-    assert main(["download"]) == 1
-    err = capsys.readouterr().err
-    assert "xinyu1205/recognize_anything_model: ram_swin_large_14m.pth" in err and "Traceback" not in err
-
-
-def _fake_downloader(calls):
-    def download(repo_id, filename, revision=None, cache_dir=None):
-        entry = next(e for e in CATALOG if e.repo_id == repo_id and e.filename == filename)
-        calls.append((repo_id, filename, revision))
-        from pathlib import Path
-
-        return str(put_in_cache(Path(cache_dir), entry, TINY / entry.target, ref=revision))
-
-    return download
-
-
-def test_download_into_cache_and_release_layout(fresh_hf_cache, no_network, monkeypatch, tmp_path):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    calls = []
-    entries = [entry for entry in CATALOG if entry.sha256 is None]
-    dest = download_weights(tmp_path / "release", {"CSWRY/SeeSR": "v1.0"}, entries, False, _fake_downloader(calls))
-    assert len(calls) == len(entries)
-    assert all(rev == "v1.0" for repo, _, rev in calls if repo == "CSWRY/SeeSR")
-    for entry in entries:
-        assert (dest / entry.target).read_bytes() == (TINY / entry.target).read_bytes()
-    # a second run finds everything in the cache and downloads nothing
-    calls.clear()
-    download_weights(None, {"CSWRY/SeeSR": "v1.0"}, entries, False, _fake_downloader(calls))
-    assert calls == []
-
-
-def test_download_verifies_sha256(fresh_hf_cache, no_network, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    ram = [entry for entry in files_for("ram") if entry.sha256 is not None]
-    assert ram and ram[0].sha256.startswith("15c729c7")
-    with pytest.raises(DownloadError, match="expected 5625634877"):
-        download_weights(None, None, ram, False, _fake_downloader([]))
-    from dataclasses import replace
-
-    sized = replace(ram[0], size=(TINY / ram[0].target).stat().st_size)
-    with pytest.raises(DownloadError, match="sha256"):
-        download_weights(None, None, [sized], False, _fake_downloader([]))
+# download (the download path itself is tested against a local hub in test_first_use_download.py)
 
 
 def test_download_turbo_flag_adds_the_optional_sd_turbo_files(fresh_hf_cache, no_network, capsys):

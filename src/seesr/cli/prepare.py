@@ -10,7 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
+
+#: what prepare needs when no --tagger is given, and the ways to provide it offline (issue 19 D10)
+TAGGER_ROUTE = (
+    "or pass `--tagger PATH`, PATH being ram_swin_large_14m.pth (xinyu1205/recognize_anything_model; plain RAM, "
+    "no DAPE) or a folder holding it, or pass `--no-tags` to write no tags"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,8 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="PATH",
         help="RAM checkpoint ram_swin_large_14m.pth, or a folder holding it (a release bundle works), used to tag "
         "the GT images as the official make_tags.py does (plain RAM, no DAPE LoRA); default: the RAM file in the "
-        "Hugging Face cache (`seesr download`)",
+        "Hugging Face cache (`seesr download`; downloaded on first use unless --no-download)",
     )
+    add_no_download_argument(parser)
     parser.add_argument("--no-tags", action="store_true", help="do not write tag/ (training then needs tags later)")
     parser.add_argument(
         "--min-pixels",
@@ -85,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--tagger and --no-tags contradict each other", EXIT_USAGE)
     if args.tagger is not None and not Path(args.tagger).exists():
         raise CLIError(f"--tagger {args.tagger}: no such file or folder", EXIT_USAGE)
+    if args.tagger is None and not args.no_tags:
+        fetch_missing(args, need="ram", route=TAGGER_ROUTE, exit_code=EXIT_USAGE)
     options = PrepareOptions(
         gt_dirs=[Path(folder) for folder in args.gt],
         out=Path(args.out),
@@ -105,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
         report = prepare_dataset(options)
     except PrepareError as error:
         raise CLIError(str(error), EXIT_USAGE) from None
-    except KeyboardInterrupt:
-        print("seesr prepare: stopped; run the same command again to resume", file=sys.stderr)  # noqa: T201
-        raise
+    # Ctrl-C: seesr.cli.main prints "seesr prepare: interrupted; run the same command again to resume ..."
     for message in report.skipped_sources:
         print(f"seesr prepare: skipped {message}", file=sys.stderr)  # noqa: T201
     for message in report.failed:

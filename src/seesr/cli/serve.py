@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 
+from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_USAGE, CLIError
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="PATH",
         help="model folder: a release layout (unet/, controlnet/, ram/, SD-2-base parts), the official "
-        "preset/models folder, or a converted bundle; default: the weights fetched by `seesr download`",
+        "preset/models folder, or a converted bundle; default: the weights fetched by `seesr download` (downloaded "
+        "on first use)",
     )
+    add_no_download_argument(parser)
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -170,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     if fast_config is not None and not dtype_given:
         dtype = fast_config.dtype
     logger.info("loading the model on %s (%s)…", device, str(dtype).replace("torch.", ""))
+    if args.model is None:
+        fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
         pipeline = load_pipeline(args.model, device=device, dtype=dtype, load_tagger=True)
     except (MissingWeightsError, ModelLoadError) as error:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 
 if TYPE_CHECKING:  # heavy modules: imported by run() only
@@ -73,8 +74,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="PATH",
         help="model folder: the release layout (see `seesr download --dest`) or a converted bundle "
-        "(`seesr convert`); default: the files fetched by `seesr download`",
+        "(`seesr convert`); default: the files fetched by `seesr download` (downloaded on first use)",
     )
+    add_no_download_argument(parser)
     parser.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default: 4)")
     parser.add_argument(
         "--steps", type=_positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
@@ -360,6 +362,8 @@ def _run(
     from seesr.weights.loading import ModelLoadError, load_pipeline
     from seesr.weights.resolve import MissingWeightsError
 
+    if args.model is None:
+        fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
         # offloading starts from the CPU: the whole model never has to fit on the GPU at once
         pipe = load_pipeline(args.model, device="cpu" if args.offload else device, dtype=dtype, load_tagger=True)

@@ -16,8 +16,10 @@ Sources (USERS.md §5):
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 SEESR_REPO = "CSWRY/SeeSR"
 RAM_REPO = "xinyu1205/recognize_anything_model"
@@ -124,6 +126,45 @@ def pinned_revisions(overrides: dict[str, str] | None = None) -> dict[str, str |
     if unknown:
         raise ValueError(f"unknown repositories {sorted(unknown)}; known: {', '.join(REVISION_ENV)}")
     return {repo: overrides.get(repo) or os.environ.get(env) or None for repo, env in REVISION_ENV.items()}
+
+
+#: The SD-2-base files that stage-2 training needs beyond the inference set (the base UNet), laid out as a complete
+#: diffusers SD-2-base folder under ``stable-diffusion-2-base/`` (what ``model.pretrained_model_name_or_path`` names).
+TRAINING_CATALOG: tuple[WeightFile, ...] = tuple(
+    WeightFile("sd2_base", SD2_REPO, filename, f"stable-diffusion-2-base/{filename}")
+    for filename in (
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    )
+)
+
+#: A JSON file replacing the catalogue's sha256 and size of some files (an internal mirror, or the tests' tiny files):
+#: ``{"files": {"REPO/FILENAME": {"sha256": "...", "size": 123}}}``. Files it does not name keep the catalogue values.
+CATALOG_OVERRIDE_ENV = "SEESR_CATALOG_OVERRIDE"
+
+
+def with_override(entry: WeightFile) -> WeightFile:
+    """``entry`` with the sha256/size of ``$SEESR_CATALOG_OVERRIDE`` where that file names it (read at call time)."""
+    override = os.environ.get(CATALOG_OVERRIDE_ENV)
+    if not override:
+        return entry
+    try:
+        files = json.loads(Path(override).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{CATALOG_OVERRIDE_ENV}={override}: not a readable catalogue override ({error})") from None
+    values = files.get(f"{entry.repo_id}/{entry.filename}")
+    if not values:
+        return entry
+    return replace(entry, sha256=values.get("sha256", entry.sha256), size=values.get("size", entry.size))
 
 
 #: Optional SD-turbo files for ``--turbo``, placed under ``turbo/`` in a release-layout folder (SD-2-base layout).

@@ -120,9 +120,8 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _release_layout_help() -> str:
-    lines = ["  FOLDER/" + entry.target + "   <- " + f"{entry.repo_id}: {entry.filename}" for entry in CATALOG]
-    return "\n".join(lines)
+def _release_layout_help(entries: list[WeightFile] | tuple[WeightFile, ...] = CATALOG) -> str:
+    return "\n".join("  FOLDER/" + entry.target + "   <- " + f"{entry.repo_id}: {entry.filename}" for entry in entries)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,8 +261,21 @@ def cached_file(entry: WeightFile, revision: str | None = None, cache_dir: Path 
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def missing_files_message(missing: list[WeightFile], cache_dir: Path, reason: str = "") -> str:
-    """User-facing explanation of which catalog files are missing and how to provide them."""
+def model_folder_route(entries: list[WeightFile] | tuple[WeightFile, ...] = CATALOG) -> str:
+    """How to run without downloading: ``--model FOLDER`` with ``entries`` laid out in it."""
+    return (
+        "or place the files by hand in a folder laid out like this and pass `--model FOLDER`:\n"
+        + _release_layout_help(entries)
+    )
+
+
+def missing_files_message(
+    missing: list[WeightFile], cache_dir: Path, reason: str = "", route: str | None = None
+) -> str:
+    """User-facing explanation of which catalog files are missing and how to provide them.
+
+    ``route``: the offline alternative (default: ``--model FOLDER`` with the whole release layout).
+    """
     lines = [f"SeeSR weights not found: {len(missing)} file(s) missing from the Hugging Face cache ({cache_dir}):"]
     lines += [f"  {entry.repo_id}: {entry.filename}" for entry in missing]
     if reason:
@@ -271,10 +283,53 @@ def missing_files_message(missing: list[WeightFile], cache_dir: Path, reason: st
     lines.append(
         "Get them with `seesr download` (needs network access)"
         + (" - HF_HUB_OFFLINE=1 is set, so nothing was downloaded" if is_offline() else "")
-        + ", or place the files by hand in a folder laid out like this and pass `--model FOLDER`:"
+        + ", "
+        + (route or model_folder_route())
     )
-    lines.append(_release_layout_help())
     return "\n".join(lines)
+
+
+def find_cached(
+    entries: list[WeightFile] | tuple[WeightFile, ...],
+    revisions: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+    verify: bool = True,
+) -> tuple[dict[WeightFile, Path], list[WeightFile]]:
+    """The catalogue files ``entries`` in the Hugging Face cache: ``(found, missing)``; no network access.
+
+    Each repository is read at its pinned revision (``revisions``, ``SEESR_*_REVISION``), else at the commit of the
+    weights lock (:mod:`seesr.weights.lock`), else at ``main``. With ``verify``, found files are checked against the
+    lock (their first check locks them) and :class:`~seesr.weights.lock.WeightsChangedError` names every changed one.
+    """
+    from seesr.weights import lock as weights_lock
+
+    cache_dir = cache_dir or hf_cache_dir()
+    pins = pinned_revisions(revisions)
+    locked = weights_lock.read_lock()
+    found: dict[WeightFile, Path] = {}
+    missing: list[WeightFile] = []
+    for entry in entries:
+        revision = pins.get(entry.repo_id) or weights_lock.locked_commit(entry.repo_id, locked)
+        path = cached_file(entry, revision, cache_dir)
+        if path is None:
+            missing.append(entry)
+        else:
+            found[entry] = path
+    if verify:
+        records, problems = [], []
+        for entry, path in found.items():
+            record, problem, kind = weights_lock.check_cached(entry, path, locked, pins.get(entry.repo_id), True)
+            if record is not None:
+                records.append(record)
+            if problem is not None:
+                problems.append((entry, path, kind, problem))
+        weights_lock.write_lock(records)
+        if problems:
+            raise weights_lock.WeightsChangedError(
+                "SeeSR weights changed since they were locked:\n  " + "\n  ".join(line for *_, line in problems),
+                [(entry, path, kind) for entry, path, kind, _ in problems],
+            )
+    return found, missing
 
 
 def resolve_default(revisions: dict[str, str] | None = None) -> ModelLocation:
@@ -284,16 +339,10 @@ def resolve_default(revisions: dict[str, str] | None = None) -> ModelLocation:
         return resolve_bundle(bundle)
     cache_dir = hf_cache_dir()
     pins = pinned_revisions(revisions)
-    found: dict[str, Path] = {}
-    missing: list[WeightFile] = []
-    for entry in CATALOG:
-        path = cached_file(entry, pins[entry.repo_id], cache_dir)
-        if path is None:
-            missing.append(entry)
-        else:
-            found[entry.target] = path
+    cached, missing = find_cached(CATALOG, revisions, cache_dir)
     if missing:
         raise MissingWeightsError(missing_files_message(missing, cache_dir))
+    found = {entry.target: path for entry, path in cached.items()}
 
     def folder_of(target: str) -> Path:
         return found[target].parent

@@ -1,0 +1,196 @@
+"""The weights lock: which commit and which sha256 every downloaded file had, checked on every later load.
+
+``seesr download`` (and the first-use download) writes ``$SEESR_HOME/weights-lock.json``::
+
+    {"version": 1,
+     "files": {"CSWRY/SeeSR/DAPE.pth": {"repo": "CSWRY/SeeSR", "filename": "DAPE.pth",
+                                        "commit": "<40 hex>", "sha256": "<64 hex>", "size": 7190000,
+                                        "stat": [size, mtime_ns, inode]}}}
+
+Loads take each repository at its locked commit (unless a revision is pinned with ``--revision`` or a
+``SEESR_*_REVISION`` variable, which must then agree with the lock) and refuse a file whose size or sha256 changed,
+naming it. ``stat`` remembers the file as it was when last hashed: an untouched file is not hashed again, a touched one
+is. A cached file without a lock entry (fetched by an older seesr or another tool) is hashed once, checked against the
+catalogue's sha256 where one is known, and locked from then on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from seesr.weights.catalog import WeightFile, with_override
+from seesr.weights.resolve import MissingWeightsError, seesr_home
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "weights-lock.json"
+LOCK_VERSION = 1
+HASH_CHUNK = 8 * 1024 * 1024
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class WeightsChangedError(MissingWeightsError):
+    """A cached file differs from what was locked (or from the catalogue); the message names it.
+
+    Attributes:
+        problems: ``(entry, path, kind)`` per file, ``kind`` being ``"content"`` (size or sha256) or ``"revision"``.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[WeightFile, Path, str]]):
+        super().__init__(message)
+        self.problems = problems
+
+
+def lock_path() -> Path:
+    return seesr_home() / LOCK_NAME
+
+
+def key_of(entry: WeightFile) -> str:
+    return f"{entry.repo_id}/{entry.filename}"
+
+
+def read_lock(path: Path | None = None) -> dict[str, dict]:
+    """The locked records by ``REPO/FILENAME`` (empty when there is no lock yet)."""
+    path = path or lock_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise MissingWeightsError(
+            f"{path}: unreadable weights lock ({error}); delete it and run `seesr download`"
+        ) from None
+    return dict(data.get("files", {})) if isinstance(data, dict) else {}
+
+
+def write_lock(records: Iterable[dict], path: Path | None = None) -> None:
+    """Merge ``records`` into the lock and write it atomically (best effort on a read-only home)."""
+    path = path or lock_path()
+    records = list(records)
+    if not records:
+        return
+    files = read_lock(path)
+    for record in records:
+        files[f"{record['repo']}/{record['filename']}"] = record
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+        temporary.write_text(json.dumps({"version": LOCK_VERSION, "files": files}, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        logger.warning("could not write the weights lock %s: %s", path, error)
+
+
+def forget(repo_ids: Iterable[str], path: Path | None = None) -> None:
+    """Drop the records of ``repo_ids`` (a download at another pinned revision locks them again)."""
+    path = path or lock_path()
+    repo_ids = set(repo_ids)
+    files = read_lock(path)
+    kept = {key: record for key, record in files.items() if record.get("repo") not in repo_ids}
+    if len(kept) != len(files):
+        path.unlink(missing_ok=True)
+        write_lock(kept.values(), path)
+
+
+def locked_commit(repo_id: str, lock: dict[str, dict]) -> str | None:
+    """The commit the lock holds ``repo_id`` at (None when nothing of it is locked)."""
+    return next((record["commit"] for record in lock.values() if record.get("repo") == repo_id), None)
+
+
+def sha256_of(path: Path, progress: bool = False) -> str:
+    """Streaming sha256 of a file (a tqdm bar for files over 64 MiB when ``progress``)."""
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with (
+        open(path, "rb") as stream,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"verify {path.name}", disable=not progress or size < 64 << 20
+        ) as bar,
+    ):
+        for chunk in iter(lambda: stream.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def snapshot_commit(path: Path, entry: WeightFile) -> str | None:
+    """The commit of a Hugging Face cache path ``.../snapshots/<commit>/<filename>`` (None elsewhere)."""
+    parts = Path(path).parts
+    depth = len(Path(entry.filename).parts)
+    if len(parts) > depth + 1 and parts[-depth - 2] == "snapshots":
+        return parts[-depth - 1]
+    return None
+
+
+def file_stat(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def new_record(entry: WeightFile, commit: str, sha256: str, path: Path) -> dict:
+    return {
+        "repo": entry.repo_id,
+        "filename": entry.filename,
+        "commit": commit,
+        "sha256": sha256,
+        "size": path.stat().st_size,
+        "stat": file_stat(path),
+    }
+
+
+def check_cached(
+    entry: WeightFile, path: Path, lock: dict[str, dict], pinned: str | None = None, progress: bool = False
+) -> tuple[dict | None, str | None, str]:
+    """Check one cached file against its lock record (or the catalogue when it has none).
+
+    Returns ``(record to write or None, problem or None, kind)``: ``problem`` is a user-facing line naming the file,
+    ``kind`` is ``"revision"`` (another commit than the locked one) or ``"content"`` (size or sha256).
+    """
+    expected = with_override(entry)
+    record = lock.get(key_of(entry))
+    commit = snapshot_commit(path, entry) or ""
+    name = f"{entry.repo_id}: {entry.filename}"
+    redownload = f"run `seesr download` to fetch it again (or delete {Path(path).resolve()})"
+    if record is not None and record.get("commit") != commit:
+        asked = f", and revision {pinned} was asked" if pinned else ""
+        return (
+            None,
+            (
+                f"{name}: the lock {lock_path()} holds commit {record.get('commit')} but the cache has commit {commit}"
+                f"{asked}; run `seesr download --revision {entry.repo_id}=REV` to fetch and lock the revision you want"
+            ),
+            "revision",
+        )
+    want_sha = (record or {}).get("sha256") or expected.sha256
+    want_size = (record or {}).get("size") or expected.size
+    if record is not None and expected.sha256 and record.get("sha256") != expected.sha256:
+        return (
+            None,
+            f"{name}: locked sha256 {record.get('sha256')} is not the catalogue's {expected.sha256}; {redownload}",
+            "content",
+        )
+    size = Path(path).stat().st_size
+    if want_size is not None and size != want_size:
+        return (
+            None,
+            f"{name}: {path} has {size} bytes, {want_size} expected (truncated or changed); {redownload}",
+            "content",
+        )
+    if record is not None and record.get("stat") == file_stat(Path(path)):
+        return None, None, ""  # not touched since it was last hashed
+    actual = sha256_of(Path(path), progress)
+    if want_sha is not None and actual != want_sha:
+        return (
+            None,
+            f"{name}: {path} has sha256 {actual}, {want_sha} expected (corrupt or changed); {redownload}",
+            "content",
+        )
+    return new_record(entry, commit, actual, Path(path)), None, ""
