@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from seesr.cli.main import main
@@ -192,7 +193,19 @@ def test_converted_bundle_gives_identical_output(tmp_path):
         start_point="noise",
     )
     written = Image.open(tmp_path / "out" / "a.png")
-    assert np.array_equal(np.asarray(written), np.asarray(expected.images[0]))
+    # The conversion changes no weight: every tensor of every component is bit-identical to the release's.
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
+
+    converted, release = SeeSRPipeline.from_pretrained(bundle), tiny_pipeline()
+    for name in ("vae", "text_encoder", "unet", "controlnet", "tagger"):
+        ours, theirs = getattr(converted, name).state_dict(), getattr(release, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs), name
+    # The outputs may still differ by a rounding step: the bundle's tensors come from safetensors at 8-byte offsets,
+    # the release's RAM from a .pth at 64-byte offsets, and CPU kernels take another path for differently aligned
+    # memory (copying the tensors into fresh memory makes the outputs identical). Measured (2-core x86): max 1 in
+    # 0.035 % of the values here, max 1 in 0.03 % on another machine (issue 13).
+    assert_png_close(written, expected.images[0], max_diff=2, min_identical=0.995)
     assert written.text["prompt"] == ", ,clean, high-resolution, 8k" and written.text["tags"] == ""
     assert "converted bundle" in json.loads(written.text["seesr"])["model"]
 

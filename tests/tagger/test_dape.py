@@ -16,7 +16,7 @@ from seesr.tagger.convert import CheckpointError, convert_ram_state_dict
 from seesr.tagger.dape import DAPETagger, decode_tags, preprocess_images
 from seesr.tagger.tags import NUM_CLASSES, load_class_thresholds
 from seesr.weights.reader import WeightReadError, read_state_dict
-from seesr.weights.tagger import convert_ram_to_safetensors, load_ram_tagger
+from seesr.weights.tagger import convert_ram_to_safetensors, load_pretrained_tagger, load_ram_tagger
 from tests.conftest import TINY
 from tests.tagger.conftest import CONFIGS, DAPE_PTH, RAM_DIR, RAM_PTH
 
@@ -173,13 +173,22 @@ def test_save_pretrained_roundtrip_and_convert(tmp_path, dape_tagger, ram_io):
     assert not list(out_dir.glob("*.bin")) and not list(out_dir.glob("*.pth"))
     config = json.loads((out_dir / "config.json").read_text())
     assert config["_class_name"] == "DAPETagger" and config["image_embed_dim"] == 512 and config["embed_dim"] == 16
-    loaded = DAPETagger.from_pretrained(out_dir)
-    assert not any(b.is_meta for b in loaded.buffers())
-    assert not loaded.training
-    with torch.no_grad():
-        expected, actual = dape_tagger(ram_io["ram_input"]), loaded(ram_io["ram_input"])
-    assert torch.equal(expected.logits, actual.logits)
-    assert torch.equal(expected.image_embeds, actual.image_embeds)
+    reference = dape_tagger.state_dict()
+    for loaded in (DAPETagger.from_pretrained(out_dir), load_pretrained_tagger(out_dir)):
+        assert not any(b.is_meta for b in loaded.buffers())
+        assert not loaded.training
+        # The conversion changes no weight (no merge or cast done differently): the state dicts are bit-identical.
+        state = loaded.state_dict()
+        assert state.keys() == reference.keys()
+        assert all(state[k].dtype == reference[k].dtype and torch.equal(state[k], reference[k]) for k in reference)
+        # The outputs may not be: the loaded tensors sit at 8-byte offsets of the safetensors buffer, the reference's
+        # in fresh 64-byte aligned memory, and CPU kernels take another path for differently aligned memory (copied
+        # into fresh memory, the outputs are identical). Measured (2-core x86): logits max 6.0e-8 in 0.02 % of the
+        # values, image embeddings 0.
+        with torch.no_grad():
+            expected, actual = dape_tagger(ram_io["ram_input"]), loaded(ram_io["ram_input"])
+        torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(actual.image_embeds, expected.image_embeds, rtol=0, atol=1e-5)
 
 
 def test_dtype_argument():
