@@ -167,3 +167,35 @@ def test_offline_mode_lists_missing_files_without_network(fresh_hf_cache, no_net
     assert main(["download"]) == 1
     err = capsys.readouterr().err
     assert "xinyu1205/recognize_anything_model: ram_swin_large_14m.pth" in err and "Traceback" not in err
+
+
+def test_tag_and_prepare_fetch_only_what_they_need(hub):
+    from seesr.weights.download import ensure_default_weights
+
+    ensure_default_weights("ram", progress=False)  # seesr prepare: the plain RAM teacher only
+    assert [path.rsplit("/", 1)[-1] for method, path in hub.requests if method == "GET"] == ["ram_swin_large_14m.pth"]
+    hub.requests.clear()
+    ensure_default_weights("tagger", progress=False)  # seesr tag: RAM (cached now) + DAPE
+    assert [path.rsplit("/", 1)[-1] for method, path in hub.requests if method == "GET"] == ["DAPE.pth"]
+
+
+def test_tag_no_download_names_its_two_files(fresh_hf_cache, no_network, tmp_path, capsys):
+    image = _small_image(tmp_path / "a.png")
+    assert main(["tag", str(image), "--no-download"]) == 1
+    err = capsys.readouterr().err
+    assert "2 file(s) missing" in err and "--no-download is set" in err
+    assert "FOLDER/ram/DAPE.pth" in err and "FOLDER/unet" not in err  # only the tagger's part of the layout
+
+
+def test_prepare_without_tagger_names_the_ram_file_and_its_flag(fresh_hf_cache, no_network, tmp_path, capsys):
+    """D10: prepare needs plain RAM only; the message names that file and --tagger, not --model, DAPE or the layout."""
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    _small_image(gt / "a.png")
+    assert main(["prepare", "--gt", str(gt), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "1 file(s) missing" in err and "xinyu1205/recognize_anything_model: ram_swin_large_14m.pth" in err
+    assert "--tagger PATH" in err and "--no-tags" in err
+    assert "DAPE.pth" not in err and "--model" not in err and "FOLDER/" not in err
+    assert len(err.splitlines()) <= 5
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 
 
@@ -50,9 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="PATH",
         help=(
             "tagger weights: a folder with ram/ram_swin_large_14m.pth (+ ram/DAPE.pth), a converted bundle "
-            "(with tagger/) or a DAPETagger folder; default: the official files downloaded by `seesr download`"
+            "(with tagger/) or a DAPETagger folder; default: the official files downloaded by `seesr download` "
+            "(downloaded on first use)"
         ),
     )
+    add_no_download_argument(parser)
     parser.add_argument(
         "--threshold",
         type=_probability,
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         return EXIT_FAILURE
 
+    if args.model is None:
+        fetch_missing(args, need="tagger")  # first use: download RAM + DAPE, unless --no-download
     try:
         tagger = load_tagger(args.model, device=device, dtype=dtype)
     except TAGGER_LOAD_ERRORS as error:
