@@ -65,7 +65,6 @@ EXPECTED_ERRORS: tuple[str, ...] = (
     "seesr.weights.loading.ModelLoadError",
     "seesr.weights.reader.WeightReadError",
     "seesr.weights.download.DownloadError",
-    "seesr.models.io.CheckpointError",
     "seesr.tagger.convert.CheckpointError",
     "seesr.utils.images.ImageReadError",
     "seesr.data.prepare.PrepareError",
