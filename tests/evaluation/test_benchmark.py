@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from seesr.cli.main import main
-from seesr.evaluation.benchmark import PAPER_TABLE2, detect_layout, guess_paper_row, paper_table_text
+from seesr.cli.benchmark import _upscale_settings
+from seesr.cli.main import build_parser, main
+from seesr.evaluation.benchmark import (
+    PAPER_TABLE2,
+    SETTINGS_RECORD,
+    detect_layout,
+    guess_paper_row,
+    paper_table_text,
+)
 from seesr.evaluation.registry import METRICS
 
 
@@ -73,3 +81,59 @@ def test_benchmark_help_shows_paper_numbers(capsys):
     assert main(["benchmark", "--help"]) == 0
     text = capsys.readouterr().out
     assert "31.93" in text and "147.39" in text and "test_LR/+test_HR/" in text
+
+
+def _dataset_with_old_outputs(tmp_path: Path, record: dict | None) -> tuple[Path, Path]:
+    dataset, out = tmp_path / "RealSR-mini", tmp_path / "run"
+    _touch_images(dataset / "LR", "a.png")
+    _touch_images(dataset / "HR", "a.png")
+    _touch_images(out / "sr", "a.png")
+    if record is not None:
+        (out / SETTINGS_RECORD).write_text(json.dumps({"settings": record}))
+    return dataset, out
+
+
+def test_rerun_with_other_settings_is_refused_before_any_work(tmp_path, capsys):
+    """Issue 19 D8: the old images are not reused under the new settings' label (nor is a model loaded)."""
+    dataset, out = tmp_path / "RealSR-mini", tmp_path / "run"
+    argv = ["benchmark", "--dataset", str(dataset), "--out", str(out), "--model", str(tmp_path / "no-model")]
+    args = build_parser().parse_args([*argv, "--steps", "2"])
+    record = _upscale_settings(args, [dataset / "LR" / "a.png"])
+    _dataset_with_old_outputs(tmp_path, record)
+    before = (out / "sr" / "a.png").read_bytes()
+
+    assert main([*argv, "--steps", "20", "--color-fix", "wavelet", "--metrics", "psnr"]) == 2
+    error = capsys.readouterr().err
+    assert "were upscaled with other settings (color_fix: default -> wavelet, steps: 2 -> 20)" in error
+    assert "new --out folder" in error and f"delete {out / 'sr'}" in error
+    assert (out / "sr" / "a.png").read_bytes() == before and not (out / "benchmark.json").exists()
+    assert json.loads((out / SETTINGS_RECORD).read_text())["settings"] == record
+
+    _touch_images(dataset / "LR", "b.png")  # other LR images: refused too
+    assert main([*argv, "--steps", "2", "--metrics", "psnr"]) == 2
+    assert "inputs: other files" in capsys.readouterr().err
+
+
+def test_images_without_a_settings_record_are_refused(tmp_path, capsys):
+    dataset, out = _dataset_with_old_outputs(tmp_path, None)
+    assert main(["benchmark", "--dataset", str(dataset), "--out", str(out), "--metrics", "psnr"]) == 2
+    error = capsys.readouterr().err
+    assert "holds 1 image(s) but no upscale-settings.json" in error and "--eval-only" in error
+
+
+def test_eval_only_reports_the_recorded_settings(tmp_path):
+    dataset, out = _dataset_with_old_outputs(tmp_path, {"steps": 7})
+    assert (
+        main(["benchmark", "--dataset", str(dataset), "--out", str(out), "--eval-only", "--metrics", "psnr", "-q"])
+        == 0
+    )
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["upscale_settings"] == {"steps": 7} and record["upscale_command"] is None
+
+
+def test_evaluation_problems_still_write_benchmark_json(tmp_path, capsys):
+    dataset, out = _dataset_with_old_outputs(tmp_path, {})
+    _touch_images(dataset / "HR", "missing.png")  # a ground truth without an upscaled image
+    assert main(["benchmark", "--dataset", str(dataset), "--out", str(out), "--eval-only", "--metrics", "psnr"]) == 1
+    assert "missing.png: ground truth without a prediction" in capsys.readouterr().err
+    assert json.loads((out / "benchmark.json").read_text())["eval_exit_code"] == 1

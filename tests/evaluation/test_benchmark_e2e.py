@@ -52,3 +52,8 @@ def test_benchmark_end_to_end_with_tiny_bundle(tmp_path, photos, capsys):
     capsys.readouterr()
     assert main([*argv, "--eval-only"]) == 0
     assert "report:" in capsys.readouterr().out
+
+    # New settings: refused (issue 19 D8) instead of labelling the old images with them.
+    assert main([*argv, "--steps", "3"]) == 2
+    assert "steps: 2 -> 3" in capsys.readouterr().err
+    assert outputs[0].stat().st_mtime_ns == kept

@@ -93,3 +93,28 @@ def test_eval_help_documents_metrics(capsys):
     text = capsys.readouterr().out
     for word in ("psnr", "clipiqa", "pyiqa 0.1.16", "--crop-border", "summary.json", "HF_HUB_OFFLINE"):
         assert word in text
+
+
+def test_missing_and_unreadable_pairs_fail_and_are_named(small_pair_dirs, tmp_path, capsys):
+    """Issue 13 item 8 / issue 19 item 8: exit 1 (not 0), the report still covers the good pairs, the first problems
+    are printed by name rather than only counted."""
+    pred, gt = small_pair_dirs
+    (pred / "coffee_LR4.png").unlink()  # a ground truth without a prediction
+    (pred / "broken_LR4.png").write_bytes(b"not a png")  # an unreadable prediction without a ground truth
+    out = tmp_path / "report"
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr", "--out", str(out), "-q"]) == 1
+    error = capsys.readouterr().err
+    assert "problem: coffee_HR.png: ground truth without a prediction" in error
+    assert "problem: broken_LR4.png: prediction unreadable" in error
+    assert "3 problem(s)" in error and "cover only the images that could be scored" in error
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["psnr"]["count"] == 2 and len(summary["problems"]) == 3
+
+
+def test_only_the_first_problems_are_printed(small_pair_dirs, tmp_path, capsys):
+    pred, gt = small_pair_dirs
+    for index in range(7):
+        (pred / f"junk{index}.png").write_bytes(b"")
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr", "--out", str(tmp_path), "-q"]) == 1
+    error = capsys.readouterr().err
+    assert error.count("problem: ") == 5 and "... and 9 more in" in error and "summary.md" in error

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seesr.cli.eval import add_eval_arguments
-from seesr.evaluation.benchmark import PAPER_ROW_NAMES, PAPER_TABLE2, paper_table_text
+from seesr.evaluation.benchmark import PAPER_ROW_NAMES, PAPER_TABLE2, DatasetLayout, paper_table_text
 
 EPILOG = f"""SeeSR's rows of Table 2 (x4, 50 DDPM steps); (*) = not legible in the paper text this package used:
 {paper_table_text()}
@@ -25,8 +25,14 @@ Sampling is stochastic: expect agreement within a few percent.
 layouts detected under --dataset: LR/+HR/, lr/+gt/, LQ/+GT/, lq/+hq/, test_LR/+test_HR/, input/+target/,
 RealSR names (*_LR4.png beside *_HR.png, searched recursively), or a folder of LR images (no reference).
 
-output (--out): sr/ (the upscaled images; rerunning skips those already there), report/ (seesr eval's
-per_image.csv, summary.json, summary.md with the paper's row beside ours, per_image.png), benchmark.json.
+output (--out): sr/ (the upscaled images), upscale-settings.json (the settings they were made with),
+report/ (seesr eval's per_image.csv, summary.json, summary.md with the paper's row beside ours, per_image.png),
+benchmark.json (the dataset, the upscale command and settings, exit codes).
+
+rerunning: with the same options, the images already in sr/ are kept and only the missing ones are upscaled
+(an interrupted run resumes). With other upscaling options (model, scale, steps, guidance, seed, colour fix,
+sizes, device, dtype) or other LR images, the run is refused before any work, naming the changed settings: use a
+new --out folder, or delete OUT/sr to redo the images. --eval-only evaluates sr/ as it is.
 
 example:
   seesr benchmark --dataset StableSR-TestSets/RealSRVal_crop128 --out runs/realsr --seed 0
@@ -80,19 +86,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+#: (flag of seesr upscale, attribute of args): the options passed on, which are also the recorded settings.
+UPSCALE_OPTIONS = (
+    ("--model", "model"),
+    ("--scale", "scale"),
+    ("--steps", "steps"),
+    ("--guidance", "guidance"),
+    ("--seed", "seed"),
+    ("--color-fix", "color_fix"),
+    ("--process-size", "process_size"),
+    ("--latent-tile-size", "latent_tile_size"),
+    ("--device", "device"),
+    ("--dtype", "dtype"),
+)
+
+
 def _upscale_argv(args: argparse.Namespace, inputs: list[str], sr_dir: Path) -> list[str]:
-    argv = ["upscale", *inputs, "-o", str(sr_dir), "--skip-existing", "--seed", str(args.seed)]
-    for flag, value in (
-        ("--model", args.model),
-        ("--scale", args.scale),
-        ("--steps", args.steps),
-        ("--guidance", args.guidance),
-        ("--color-fix", args.color_fix),
-        ("--process-size", args.process_size),
-        ("--latent-tile-size", args.latent_tile_size),
-        ("--device", args.device),
-        ("--dtype", args.dtype),
-    ):
+    argv = ["upscale", *inputs, "-o", str(sr_dir), "--skip-existing"]
+    for flag, name in UPSCALE_OPTIONS:
+        value = getattr(args, name)
         if value is not None:
             argv += [flag, str(value)]
     if args.quiet:
@@ -100,9 +112,52 @@ def _upscale_argv(args: argparse.Namespace, inputs: list[str], sr_dir: Path) -> 
     return argv
 
 
+def _upscale_settings(args: argparse.Namespace, lr_files: list[Path]) -> dict[str, Any]:
+    """What determines the images in OUT/sr: every option passed to seesr upscale (None = its default), the
+    model folder as an absolute path, and the LR files."""
+    settings: dict[str, Any] = {name: getattr(args, name) for _, name in UPSCALE_OPTIONS}
+    if args.model is not None:
+        settings["model"] = str(Path(args.model).resolve())
+    settings["inputs"] = [str(path.resolve()) for path in lr_files]
+    return settings
+
+
+def _upscale_step(
+    args: argparse.Namespace, layout: DatasetLayout, out: Path
+) -> tuple[list[str], int, dict[str, Any] | None]:
+    """Check the settings of the images already in OUT/sr, record ours, run seesr upscale (unless --eval-only).
+
+    Returns the upscale argv (empty with --eval-only), its exit code and the settings the images were made with.
+    """
+    from seesr.cli.main import CLIError, main
+    from seesr.evaluation.benchmark import (
+        SettingsMismatchError,
+        check_upscale_settings,
+        read_upscale_settings,
+        write_upscale_settings,
+    )
+    from seesr.evaluation.pairing import list_images
+
+    sr_dir = out / "sr"
+    try:
+        if args.eval_only:
+            return [], 0, read_upscale_settings(out)
+        settings = _upscale_settings(args, layout.lr_files)
+        check_upscale_settings(out, settings, list_images(sr_dir) if sr_dir.is_dir() else [])
+        write_upscale_settings(out, settings)
+    except SettingsMismatchError as error:
+        raise CLIError(str(error), 2) from None
+    inputs = [str(layout.lr_dir)] if layout.lr_dir is not None else [str(path) for path in layout.lr_files]
+    argv = _upscale_argv(args, inputs, sr_dir)
+    code = main(argv)
+    if code == 2:
+        raise CLIError("seesr upscale rejected the settings (see above)", 2)
+    return argv, code, settings
+
+
 def run(args: argparse.Namespace) -> int:
     from seesr.cli.eval import evaluate_to_report
-    from seesr.cli.main import CLIError, main
+    from seesr.cli.main import CLIError
     from seesr.evaluation.benchmark import detect_layout, guess_paper_row
     from seesr.evaluation.pairing import list_images
     from seesr.utils.images import write_text_atomic
@@ -122,15 +177,8 @@ def run(args: argparse.Namespace) -> int:
         for note in layout.notes:
             print(f"note: {note}")  # noqa: T201
 
-    # 2. Upscale (resumable: --skip-existing keeps outputs from an interrupted run).
-    upscale_code = 0
-    argv: list[str] = []
-    if not args.eval_only:
-        inputs = [str(layout.lr_dir)] if layout.lr_dir is not None else [str(path) for path in layout.lr_files]
-        argv = _upscale_argv(args, inputs, sr_dir)
-        upscale_code = main(argv)
-        if upscale_code == 2:
-            raise CLIError("seesr upscale rejected the settings (see above)", 2)
+    # 2. Upscale (resumable: --skip-existing keeps outputs from an interrupted run made with the same settings).
+    argv, upscale_code, used_settings = _upscale_step(args, layout, out)
     if not sr_dir.is_dir() or not list_images(sr_dir):
         raise CLIError(
             f"no upscaled images in {sr_dir}" + (" (run without --eval-only first)" if args.eval_only else ""), 1
@@ -144,17 +192,21 @@ def run(args: argparse.Namespace) -> int:
     if layout.hr_files is None and not metrics_given:
         args.metrics = "niqe,maniqa,musiq,clipiqa"
     title = f"seesr benchmark: {PAPER_ROW_NAMES.get(row_key or '', Path(args.dataset).name)}"
-    code = evaluate_to_report(
-        args,
-        str(sr_dir),
-        None,
-        str(report_dir),
-        paper=paper,
-        title=title,
-        pred_files=list_images(sr_dir),
-        gt_files=layout.hr_files,
-        gt_label=layout.hr_dir or layout.root,
-    )
+    failure: CLIError | None = None
+    try:
+        code = evaluate_to_report(
+            args,
+            str(sr_dir),
+            None,
+            str(report_dir),
+            paper=paper,
+            title=title,
+            pred_files=list_images(sr_dir),
+            gt_files=layout.hr_files,
+            gt_label=layout.hr_dir or layout.root,
+        )
+    except CLIError as error:  # the report is written (or not) by now; benchmark.json still records the run
+        failure, code = error, error.exit_code
     record = {
         "dataset": str(Path(args.dataset).resolve()),
         "layout": layout.description,
@@ -163,8 +215,12 @@ def run(args: argparse.Namespace) -> int:
         "paper_row": row_key,
         "paper": PAPER_TABLE2.get(row_key or ""),
         "upscale_command": ["seesr", *argv] if argv else None,
+        "upscale_settings": used_settings,
         "upscale_exit_code": upscale_code,
+        "eval_exit_code": code,
         "report": str(report_dir / "summary.json"),
     }
     write_text_atomic(json.dumps(record, indent=2) + "\n", out / "benchmark.json")
+    if failure is not None:
+        raise failure
     return code if upscale_code == 0 else 1

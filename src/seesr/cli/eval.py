@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+PROBLEMS_SHOWN = 5  # problems printed on stderr; the report lists all of them
 METRIC_HELP = """metrics (Table 2 of the paper; default: all that the mode allows):
   psnr, ssim     Y channel of BT.601 YCbCr, peak 255, --crop-border pixels removed from each edge (no weights)
   lpips          pyiqa 'lpips' (AlexNet, v0.1)            full-reference, lower is better
@@ -21,6 +22,10 @@ into $TORCH_HOME/hub (checkpoints/, pyiqa/, clip/); offline (HF_HUB_OFFLINE=1 or
 the missing files and stops, unless --skip-unavailable.
 
 report (in --out): per_image.csv, summary.json (means, settings, package versions), summary.md, per_image.png
+
+exit status: 0 when every image was scored; 1 when some pair was missing (a prediction without ground truth or
+the reverse), unreadable or not scored: the report is still written for the others, and the first problems are
+printed; 2 for usage errors.
 
 examples:
   seesr eval --pred results/ --gt RealSR/test_HR --out report/
@@ -142,13 +147,26 @@ def evaluate_to_report(
             print(f"{line}{format_value(name, entry['mean']):>10}  [{entry['count']} images]{reference}")  # noqa: T201
         for name, reason in result.skipped_metrics.items():
             print(f"  {name}: skipped ({reason.splitlines()[0]})")  # noqa: T201
-    problems = len(result.problems) + sum(len(record.problems) for record in result.records)
-    if problems:
-        print(f"{problems} problem(s); see {written['markdown']}", file=sys.stderr)  # noqa: T201
+    problems = result.all_problems
+    _print_problems(problems, written["markdown"])
     print(f"report: {written['markdown'].parent}")  # noqa: T201
     if not scored:
         raise CLIError("no image could be scored; see the problems listed in the report", 1)
+    if problems:
+        raise CLIError(
+            f"{len(problems)} problem(s), listed above and in the report: the means cover only the images "
+            "that could be scored",
+            1,
+        )
     return 0
+
+
+def _print_problems(problems: list[str], report: Path) -> None:
+    """The first :data:`PROBLEMS_SHOWN` problems on stderr, then how many more the report lists."""
+    for problem in problems[:PROBLEMS_SHOWN]:
+        print(f"problem: {problem}", file=sys.stderr)  # noqa: T201
+    if len(problems) > PROBLEMS_SHOWN:
+        print(f"... and {len(problems) - PROBLEMS_SHOWN} more in {report}", file=sys.stderr)  # noqa: T201
 
 
 def run(args: argparse.Namespace) -> int:

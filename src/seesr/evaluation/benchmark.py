@@ -27,18 +27,30 @@ of LR images only (no-reference). ``--lr-dir`` / ``--hr-dir`` override the detec
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from seesr.utils.images import write_text_atomic
 
 __all__ = [
     "DATASET_LAYOUTS",
     "PAPER_TABLE2",
+    "SETTINGS_RECORD",
     "DatasetLayout",
+    "SettingsMismatchError",
+    "check_upscale_settings",
+    "read_upscale_settings",
     "detect_layout",
     "guess_paper_row",
     "paper_table_text",
+    "write_upscale_settings",
 ]
+
+#: In a benchmark's --out folder: the settings the images in ``sr/`` were upscaled with (written before upscaling).
+SETTINGS_RECORD = "upscale-settings.json"
 
 PAPER_TABLE2: dict[str, dict[str, float | None]] = {
     "div2k-val": {
@@ -243,3 +255,57 @@ def guess_paper_row(root: str | Path) -> str | None:
         if pattern in name:
             return key
     return None
+
+
+class SettingsMismatchError(ValueError):
+    """``OUT/sr`` holds images made with other settings (or with unknown ones); the message says what to do."""
+
+
+def read_upscale_settings(out: str | Path) -> dict[str, Any] | None:
+    """The settings recorded in ``OUT/upscale-settings.json``, or None when there is no record."""
+    path = Path(out) / SETTINGS_RECORD
+    if not path.exists():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["settings"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SettingsMismatchError(f"{path}: unreadable ({error}); delete it and {Path(out) / 'sr'}") from None
+
+
+def check_upscale_settings(out: str | Path, settings: dict[str, Any], images: list[Path]) -> None:
+    """Refuse to resume when ``images`` (the outputs already in ``OUT/sr``) were made with other ``settings``.
+
+    An empty ``OUT/sr`` always passes (nothing would be reused). Images without a record (an older seesr, or put
+    there by hand) are refused too, since nothing says how they were made.
+    """
+    if not images:
+        return
+    out = Path(out)
+    sr_dir = out / "sr"
+    redo = f"use a new --out folder, or delete {sr_dir} to upscale them again with these settings"
+    previous = read_upscale_settings(out)
+    if previous is None:
+        raise SettingsMismatchError(
+            f"{sr_dir} holds {len(images)} image(s) but no {SETTINGS_RECORD} saying how they were made; {redo} "
+            "(or evaluate them as they are with --eval-only)"
+        )
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+    if changed:
+        details = ", ".join(_change(key, previous.get(key), settings.get(key)) for key in changed)
+        raise SettingsMismatchError(
+            f"the {len(images)} image(s) in {sr_dir} were upscaled with other settings ({details}); rerun with the "
+            f"same options to resume, or {redo}"
+        )
+
+
+def write_upscale_settings(out: str | Path, settings: dict[str, Any]) -> Path:
+    """Record ``settings`` as those of the images in ``OUT/sr`` (atomically, before any image is written)."""
+    record = {"settings": settings, "note": "settings of the images in sr/ (seesr benchmark compares them on reruns)"}
+    return write_text_atomic(json.dumps(record, indent=1) + "\n", Path(out) / SETTINGS_RECORD)
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    if isinstance(old, list) or isinstance(new, list):
+        return f"{key}: other files"
+    return f"{key}: {'default' if old is None else old} -> {'default' if new is None else new}"

@@ -70,6 +70,11 @@ class EvaluationResult:
         return "full-reference" if self.gt_dir is not None else "no-reference"
 
     @property
+    def all_problems(self) -> list[str]:
+        """Every problem of the run, set-level first, then per image as ``"<name>: <problem>"``."""
+        return list(self.problems) + [f"{r.name}: {problem}" for r in self.records for problem in r.problems]
+
+    @property
     def computed_metrics(self) -> list[str]:
         return [name for name in self.metrics if name not in self.skipped_metrics]
 
@@ -292,7 +297,6 @@ def evaluate_files(
             result.fid = None
         if result.fid is not None and not math.isfinite(result.fid):
             result.problems.append("FID is not finite (too few images for a covariance estimate?)")
-    for record in result.records:
-        for problem in record.problems:
-            logger.warning("%s: %s", record.name, problem)
+    for problem in result.all_problems:  # the caller reports them (seesr eval prints the first few)
+        logger.debug("%s", problem)
     return result

@@ -84,8 +84,7 @@ def summary_dict(result: EvaluationResult, paper: Mapping[str, float] | None = N
         "skipped_metrics": dict(result.skipped_metrics),
         "settings": dict(result.settings),
         "package_versions": dict(result.versions),
-        "problems": list(result.problems)
-        + [f"{record.name}: {problem}" for record in result.records for problem in record.problems],
+        "problems": result.all_problems,
     }
 
 
