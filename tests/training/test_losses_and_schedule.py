@@ -10,12 +10,9 @@ from seesr.training.common import (
     TrainingError,
     build_lr_scheduler,
     build_optimizer,
-    list_checkpoints,
-    prune_checkpoints,
-    resolve_resume_checkpoint,
     step_generator,
 )
-from seesr.training.config import ConfigError, OptimizerConfig
+from seesr.training.config import OptimizerConfig
 from seesr.training.losses import dape_loss, diffusion_loss
 
 
@@ -125,20 +122,3 @@ def test_step_generator_depends_on_seed_step_and_process():
     draw = lambda *key: torch.rand(3, generator=step_generator(*key)).tolist()  # noqa: E731
     assert draw(1, 5, 0) == draw(1, 5, 0)
     assert len({tuple(draw(1, 5, 0)), tuple(draw(1, 6, 0)), tuple(draw(1, 5, 1)), tuple(draw(2, 5, 0))}) == 4
-
-
-def test_checkpoint_discovery_and_pruning(tmp_path):
-    assert resolve_resume_checkpoint(tmp_path, "latest") is None
-    assert resolve_resume_checkpoint(tmp_path, None) is None
-    for step in (10, 2, 300):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    (tmp_path / "checkpoint-x").mkdir()
-    (tmp_path / "logs").mkdir()
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10", "checkpoint-300"]
-    assert resolve_resume_checkpoint(tmp_path, "latest").name == "checkpoint-300"
-    assert resolve_resume_checkpoint(tmp_path, "checkpoint-10").name == "checkpoint-10"
-    with pytest.raises(ConfigError, match="not a checkpoint folder"):
-        resolve_resume_checkpoint(tmp_path, "checkpoint-11")
-    prune_checkpoints(tmp_path, 1)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-300"]
-    assert (tmp_path / "logs").is_dir()

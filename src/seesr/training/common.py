@@ -1,5 +1,5 @@
 """Pieces both training stages share: accelerator set-up, optimiser and schedule, deterministic sampling and
-randomness, checkpoint discovery and pruning, and the per-run record.
+randomness, and the per-run record (checkpoints: :mod:`seesr.training.checkpointing`).
 
 Determinism contract (what makes ``--resume`` reproduce an uninterrupted run step for step):
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,9 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from seesr.training.config import ConfigError, LoggingConfig, OptimizerConfig, TrainLoopConfig
+from seesr.training.config import LoggingConfig, OptimizerConfig, TrainLoopConfig
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "checkpoint-"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 class TrainingError(RuntimeError):
@@ -58,19 +53,6 @@ class TrainResult:
     final_model_dir: Path | None = None
     models: dict[str, Any] = field(default_factory=dict)
     extra_losses: dict[str, dict[int, float]] = field(default_factory=dict)
-
-
-class StepCounter:
-    """The global step, saved and restored with ``accelerator.register_for_checkpointing``."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step = int(state["step"])
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -154,11 +136,30 @@ def build_accelerator(
         torch.backends.cudnn.allow_tf32 = True
     return Accelerator(
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        mixed_precision=train.mixed_precision,
+        mixed_precision=resolve_mixed_precision(train.mixed_precision),
         log_with=log_with,
         project_config=project,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """The mixed precision the run uses: ``requested``, or "no" (float32, with one warning from the main process)
+    when the processes run on CPUs, where fp16/bf16 autocast does not cover every layer of the models."""
+    if requested == "no":
+        return requested
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.device.type != "cpu":
+        return requested
+    if state.is_main_process:
+        logger.warning(
+            "train.mixed_precision is %s but this machine has no GPU: training runs in float32 "
+            '(set train.mixed_precision: "no" to silence this warning)',
+            requested,
+        )
+    return "no"
 
 
 def resolve_tracker(report_to: str) -> str | None:
@@ -249,81 +250,6 @@ def resolve_max_train_steps(train: TrainLoopConfig, batches_per_epoch: int) -> t
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.gradient_accumulation_steps))
     max_steps = train.max_train_steps or train.num_train_epochs * steps_per_epoch
     return max_steps, math.ceil(max_steps / steps_per_epoch)
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-<step>`` folders of a run, oldest first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
-    return [path for _, path in sorted(found)]
-
-
-def resolve_resume_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
-    """The checkpoint folder to resume from: ``None``, ``"latest"`` (None if the run has none yet) or a path."""
-    if not resume:
-        return None
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            logger.info("no checkpoint in %s yet: starting a new run", output_dir)
-            return None
-        return checkpoints[-1]
-    path = Path(resume)
-    if not path.is_dir():
-        path = Path(output_dir) / resume
-    if not path.is_dir():
-        raise ConfigError(f"train.resume_from_checkpoint: {resume} is not a checkpoint folder")
-    return path
-
-
-@dataclass
-class ResumePoint:
-    """Where a (possibly resumed) run starts: optimiser step, epoch, and batches to skip inside that epoch."""
-
-    global_step: int
-    first_epoch: int
-    skip_batches: int
-
-
-def resume_training(
-    accelerator: Any, output_dir: str | Path, train: TrainLoopConfig, counter: StepCounter, batches_per_epoch: int
-) -> ResumePoint:
-    """Load ``train.resume_from_checkpoint`` (a folder or "latest") into ``accelerator`` if set; return the start.
-
-    The counter registered for checkpointing must agree with the checkpoint's name, else :class:`TrainingError`.
-    """
-    resume_from = resolve_resume_checkpoint(output_dir, train.resume_from_checkpoint)
-    if resume_from is not None:
-        logger.info("resuming from %s", resume_from)
-        accelerator.load_state(str(resume_from))
-        if counter.step != checkpoint_step(resume_from):
-            raise TrainingError(
-                f"{resume_from} records step {counter.step}, its name says {checkpoint_step(resume_from)}"
-            )
-    global_step = counter.step
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.gradient_accumulation_steps))
-    first_epoch = global_step // steps_per_epoch
-    skip_batches = (global_step - first_epoch * steps_per_epoch) * train.gradient_accumulation_steps
-    return ResumePoint(global_step, first_epoch, skip_batches)
-
-
-def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
-    """Delete the oldest ``checkpoint-*`` folders so that at most ``keep`` remain (``None`` keeps everything)."""
-    if keep is None:
-        return
-    checkpoints = list_checkpoints(output_dir)
-    for path in checkpoints[: max(0, len(checkpoints) - keep)]:
-        logger.info("removing old checkpoint %s", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def checkpoint_step(path: Path) -> int:
-    match = _CHECKPOINT_RE.match(path.name)
-    if match is None:
-        raise ConfigError(f"{path}: a checkpoint folder must be named {CHECKPOINT_PREFIX}<step>")
-    return int(match.group(1))
 
 
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +47,7 @@ __all__ = [
 MIXED_PRECISION_CHOICES = ("no", "fp16", "bf16")
 DATA_MODES = ("prepared", "online")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "multistep")
+CAPTION_TAGGERS = ("ram", "dape")
 
 
 class ConfigError(ValueError):
@@ -111,6 +114,9 @@ class TrainLoopConfig:
     checkpointing_steps: int = 10000  # official intent (the script's 10000 was lost, §7 #27)
     checkpoints_total_limit: int | None = None  # keep at most this many checkpoint-* folders (None: keep all)
     resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
+    # FSDP/DeepSpeed checkpoints are accelerate's own files, which load with pickle (a file can run code): resuming
+    # from one needs this set to true, for checkpoints you wrote yourself. Other checkpoints never need pickle.
+    allow_pickle_resume: bool = False
 
 
 @dataclass
@@ -138,6 +144,9 @@ class SeeSRModelConfig:
     controlnet_model_name_or_path: str | None = None  # continue from a trained SeeSR controlnet/ folder
     null_text_ratio: float = 0.5  # probability of replacing the tag prompt by "" (DAPE embeddings are kept)
     keep_frozen_unet_fp32: bool = True  # official: frozen UNet weights stay fp32; false casts them to the AMP dtype
+    # data.mode=online: who captions the HR images. "ram": plain RAM in float32, as the official make_tags.py;
+    # "dape": the frozen DAPE tagger of the run in the mixed-precision dtype (earlier seesr versions).
+    caption_tagger: str = "ram"
 
 
 @dataclass
@@ -178,12 +187,32 @@ class TrainSeeSRConfig:
             raise ConfigError("model.pretrained_model_name_or_path is required (the SD-2-base folder)")
         if not self.model.ram_model_path:
             raise ConfigError("model.ram_model_path is required (ram_swin_large_14m.pth)")
-        if not 0.0 <= self.model.null_text_ratio <= 1.0:
-            raise ConfigError(f"model.null_text_ratio must be in [0, 1], got {self.model.null_text_ratio}")
+        _require(
+            _finite(self.model.null_text_ratio) and 0.0 <= self.model.null_text_ratio <= 1.0,
+            "model.null_text_ratio",
+            "in [0, 1]",
+            self.model.null_text_ratio,
+        )
+        if self.model.caption_tagger not in CAPTION_TAGGERS:
+            raise ConfigError(
+                f"model.caption_tagger must be one of {', '.join(CAPTION_TAGGERS)}, got {self.model.caption_tagger!r}"
+            )
         if self.validation.steps and not self.validation.images:
             raise ConfigError("validation.steps is set but validation.images is empty")
-        if self.validation.loss_images < 1 or self.validation.loss_timesteps < 1:
-            raise ConfigError("validation.loss_images and validation.loss_timesteps must be >= 1")
+        _check_ranges(
+            "validation",
+            self.validation,
+            {
+                "steps": _NON_NEGATIVE_INT,
+                "loss_steps": _NON_NEGATIVE_INT,
+                "loss_images": _POSITIVE_INT,
+                "loss_timesteps": _POSITIVE_INT,
+                "num_inference_steps": _POSITIVE_INT,
+                "guidance_scale": (_finite, "a finite number"),
+                "process_size": _POSITIVE_INT,
+                "seed": _SEED,
+            },
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,36 +291,96 @@ class TrainDAPEConfig:
 
     def validate(self) -> None:
         _validate_common(self.data, self.optim, self.train, self.logging)
-        if self.validation.loss_images < 1:
-            raise ConfigError(f"validation.loss_images must be >= 1, got {self.validation.loss_images}")
+        _check_ranges("validation", self.validation, {"loss_steps": _NON_NEGATIVE_INT, "loss_images": _POSITIVE_INT})
+        _check_ranges("loss", self.loss, {"feature_weight": _NON_NEGATIVE_FLOAT, "logits_weight": _NON_NEGATIVE_FLOAT})
         if not self.model.ram_model_path:
             raise ConfigError("model.ram_model_path is required (ram_swin_large_14m.pth)")
 
 
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _check_ranges(section: str, values: Any, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Raise :class:`ConfigError` naming ``section.key`` for the first value of ``values`` outside its rule
+    (``None`` is allowed where the field is optional)."""
+    for name, (ok, rule) in rules.items():
+        value = getattr(values, name)
+        if value is not None:
+            _require(ok(value), f"{section}.{name}", rule, value)
+
+
+_POSITIVE_INT = (lambda v: v >= 1, ">= 1")
+_NON_NEGATIVE_INT = (lambda v: v >= 0, ">= 0")
+_POSITIVE_FLOAT = (lambda v: _finite(v) and v > 0, "a finite number > 0")
+_NON_NEGATIVE_FLOAT = (lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+_BETA = (lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)")
+_SEED = (lambda v: 0 <= v < 2**32, "in [0, 2**32)")
+
+
 def _validate_common(data: DataConfig, optim: OptimizerConfig, train: TrainLoopConfig, logging: LoggingConfig) -> None:
+    """Ranges of the sections both stages share; every message names the key."""
     if not data.root_folders:
         raise ConfigError("data.root_folders is empty: give at least one folder of training images")
     if data.mode not in DATA_MODES:
         raise ConfigError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {data.mode!r}")
-    if data.resolution <= 0 or data.resolution % 8:
-        raise ConfigError(f"data.resolution must be a positive multiple of 8, got {data.resolution}")
-    if data.scale < 1:
-        raise ConfigError(f"data.scale must be >= 1, got {data.scale}")
+    _require(
+        data.resolution > 0 and data.resolution % 8 == 0,
+        "data.resolution",
+        "a positive multiple of 8",
+        data.resolution,
+    )
+    _check_ranges(
+        "data",
+        data,
+        {
+            "scale": _POSITIVE_INT,
+            "num_workers": _NON_NEGATIVE_INT,
+            "min_pixels": _NON_NEGATIVE_INT,
+            "min_file_bytes": _NON_NEGATIVE_INT,
+        },
+    )
     if train.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise ConfigError(
             f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}, got {train.mixed_precision!r}"
         )
     if optim.lr_scheduler not in LR_SCHEDULERS:
         raise ConfigError(f"optim.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {optim.lr_scheduler!r}")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps"):
-        if getattr(train, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
-    if train.max_train_steps is not None and train.max_train_steps < 1:
-        raise ConfigError(f"train.max_train_steps must be >= 1 or null, got {train.max_train_steps}")
-    if optim.learning_rate <= 0:
-        raise ConfigError(f"optim.learning_rate must be > 0, got {optim.learning_rate}")
-    if logging.log_every < 1:
-        raise ConfigError(f"logging.log_every must be >= 1, got {logging.log_every}")
+    _check_ranges(
+        "train",
+        train,
+        {
+            "train_batch_size": _POSITIVE_INT,
+            "gradient_accumulation_steps": _POSITIVE_INT,
+            "num_train_epochs": _POSITIVE_INT,
+            "max_train_steps": _POSITIVE_INT,
+            "checkpointing_steps": _POSITIVE_INT,
+            "checkpoints_total_limit": _POSITIVE_INT,
+            "seed": _SEED,
+        },
+    )
+    _check_ranges(
+        "optim",
+        optim,
+        {
+            "learning_rate": _POSITIVE_FLOAT,
+            "adam_beta1": _BETA,
+            "adam_beta2": _BETA,
+            "weight_decay": _NON_NEGATIVE_FLOAT,
+            "adam_epsilon": _POSITIVE_FLOAT,
+            "max_grad_norm": _NON_NEGATIVE_FLOAT,
+            "lr_warmup_steps": _NON_NEGATIVE_INT,
+            "lr_gamma": _POSITIVE_FLOAT,
+        },
+    )
+    for index, milestone in enumerate(optim.lr_milestones):
+        _require(milestone >= 0, f"optim.lr_milestones[{index}]", ">= 0", milestone)
+    _check_ranges("logging", logging, {"log_every": _POSITIVE_INT})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ def fill_missing_tags(
     pixel_values = dape_ram_input((gt.float() + 1) / 2).to(dtype=next(tagger.parameters()).dtype)
     with torch.no_grad():
         probs = tagger(pixel_values).probs
-    return [f"{result.prompt}," for result in tagger.decode_tags(probs.float(), threshold)]  # "," when none, as prepare
+    # "," when the tagger finds nothing, as seesr prepare writes it
+    return [f"{result.prompt}," for result in tagger.decode_tags(probs.float(), threshold)]
 
 
 def micro_step_seed(seed: int, step: int, micro_index: int, accumulation: int, process_index: int) -> int:

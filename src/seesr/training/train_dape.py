@@ -26,10 +26,9 @@ from typing import Any
 import torch
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import install_trainable_state_hooks
+from seesr.training.checkpointing import Checkpointer, find_resume_checkpoint
 from seesr.training.common import (
     EpochShuffleSampler,
-    StepCounter,
     TrainResult,
     build_accelerator,
     build_lr_scheduler,
@@ -37,9 +36,7 @@ from seesr.training.common import (
     effective_learning_rate,
     epoch_loader,
     progress_bar,
-    prune_checkpoints,
     resolve_max_train_steps,
-    resume_training,
     seed_global_rng,
     step_seed,
     trainable_parameters,
@@ -64,8 +61,19 @@ def main(config: TrainDAPEConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     set_seed(train.seed, device_specific=True)
+    resume_from = find_resume_checkpoint(  # checked before anything is written: a refused one changes nothing
+        output_dir, train.resume_from_checkpoint, train.allow_pickle_resume, announce=accelerator.is_main_process
+    )
     if accelerator.is_main_process:
-        write_run_record(config, output_dir, extra={"stage": "dape", "num_processes": accelerator.num_processes})
+        write_run_record(
+            config,
+            output_dir,
+            extra={
+                "stage": "dape",
+                "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,
+            },
+        )
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 
@@ -98,12 +106,19 @@ def main(config: TrainDAPEConfig) -> TrainResult:
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
     max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
     lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
-    counter = StepCounter()
-    accelerator.register_for_checkpointing(counter, lr_scheduler)
-    install_trainable_state_hooks(accelerator)
+    checkpointer = Checkpointer(
+        accelerator,
+        student,
+        optimizer,
+        lr_scheduler,
+        output_dir,
+        len(loader),
+        train.gradient_accumulation_steps,
+        train.checkpoints_total_limit,
+    )
 
     # 6. Resume.
-    start = resume_training(accelerator, output_dir, train, counter, len(loader))
+    start = checkpointer.load(resume_from, train.allow_pickle_resume)
     global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
     if accelerator.is_main_process:
         accelerator.init_trackers("seesr-train-dape")
@@ -166,7 +181,6 @@ def main(config: TrainDAPEConfig) -> TrainResult:
             sums = dict.fromkeys(sums, 0.0)
             micro_index = 0
             global_step += 1
-            counter.step = global_step
             losses[global_step] = logs["loss"]
             learnable[global_step] = config.loss.feature_weight * logs["loss_feature"] + (
                 config.loss.logits_weight * logs["loss_logits_kl"]
@@ -181,10 +195,7 @@ def main(config: TrainDAPEConfig) -> TrainResult:
                 )
                 accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
             if global_step % train.checkpointing_steps == 0:
-                if accelerator.is_main_process and train.checkpoints_total_limit is not None:
-                    prune_checkpoints(output_dir, train.checkpoints_total_limit - 1)
-                accelerator.wait_for_everyone()
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                checkpointer.save(global_step)
             if global_step >= max_train_steps:
                 break
     bar.close()

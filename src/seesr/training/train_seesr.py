@@ -19,6 +19,8 @@ final ControlNet and UNet are saved to separate ``controlnet/`` and ``unet/`` fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,9 @@ import torch
 from torch import nn
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import install_trainable_state_hooks
+from seesr.training.checkpointing import Checkpointer, find_resume_checkpoint
 from seesr.training.common import (
     EpochShuffleSampler,
-    StepCounter,
     TrainingError,
     TrainResult,
     build_accelerator,
@@ -38,9 +39,7 @@ from seesr.training.common import (
     effective_learning_rate,
     epoch_loader,
     progress_bar,
-    prune_checkpoints,
     resolve_max_train_steps,
-    resume_training,
     seed_global_rng,
     step_generator,
     step_seed,
@@ -140,11 +139,67 @@ def _load_frozen_parts(model: SeeSRModelConfig) -> dict[str, Any]:
     )
 
 
-def _build_trainable(model: SeeSRModelConfig, image_dim: int) -> tuple[Any, Any]:
-    """(UNet, ControlNet), float32 on CPU: the stock SD-2 UNet with fresh RCA and its ControlNet clone (or the
-    trained folders to continue from). Only the RCA layers of the UNet and the whole ControlNet require grad."""
+@contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' warnings at ERROR level inside the block (restored after), unless seesr logs at DEBUG (-v)."""
+    import diffusers.utils.logging as diffusers_logging
+
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def _load_base_unet(folder: Path, announce: bool = True) -> Any:
+    """The stock SD-2 UNet (float32). A SeeSR UNet folder (with RCA) is accepted: its SD-2 weights are used and its
+    RCA tensors are not, which is said in one line instead of diffusers' list of every unused tensor (-v shows it)."""
+    import json
+
     from diffusers import UNet2DConditionModel
 
+    try:
+        seesr_unet = bool(
+            json.loads((folder / "config.json").read_text(encoding="utf-8")).get("use_image_cross_attention")
+        )
+    except (OSError, ValueError):
+        seesr_unet = False
+    with _quiet_diffusers():
+        unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32)
+    if seesr_unet and announce:
+        logger.info(
+            "%s is a SeeSR UNet: stage 2 uses its SD-2 weights and starts fresh RCA layers (its trained RCA weights "
+            "are not used; set model.unet_model_name_or_path to continue from them)",
+            folder,
+        )
+    return unet
+
+
+def _caption_tagger(config: TrainSeeSRConfig, tagger: nn.Module, weight_dtype: torch.dtype, device: Any) -> Any:
+    """The tagger that captions untagged images (``data.mode: online``; None otherwise).
+
+    ``model.caption_tagger: ram`` (default) is the plain RAM in float32, as the official ``make_tags.py`` captioned
+    the training set (REFERENCE §6.5); ``dape`` is the run's frozen DAPE tagger in the mixed-precision dtype (what
+    seesr did before). A ``model.ram_model_path`` folder gives the tagger that folder holds.
+    """
+    if config.data.mode != "online":
+        return None
+    if config.model.caption_tagger == "dape":
+        return tagger
+    if config.model.dape_model_path is None and weight_dtype == torch.float32:
+        return tagger  # already plain RAM in float32
+    ram = load_frozen_tagger(config.model.ram_model_path, None, config.model.ram_config_dir)
+    ram.requires_grad_(False)
+    return nn.Module.to(ram, device=device, dtype=torch.float32).eval()
+
+
+def _build_trainable(model: SeeSRModelConfig, image_dim: int, announce: bool = True) -> tuple[Any, Any]:
+    """(UNet, ControlNet), float32 on CPU: the stock SD-2 UNet with fresh RCA and its ControlNet clone (or the
+    trained folders to continue from). Only the RCA layers of the UNet and the whole ControlNet require grad."""
     from seesr.models.build import build_seesr_unet_and_controlnet
     from seesr.models.image_cross_attention import freeze_all_but_image_cross_attention
     from seesr.weights.unet import load_seesr_controlnet, load_seesr_unet
@@ -155,9 +210,7 @@ def _build_trainable(model: SeeSRModelConfig, image_dim: int) -> tuple[Any, Any]
         unet = load_seesr_unet(model.unet_model_name_or_path, image_cross_attention_dim=image_dim)
         freeze_all_but_image_cross_attention(unet)
     else:
-        base_unet = UNet2DConditionModel.from_pretrained(
-            Path(model.pretrained_model_name_or_path) / "unet", torch_dtype=torch.float32
-        )
+        base_unet = _load_base_unet(Path(model.pretrained_model_name_or_path) / "unet", announce)
         unet, controlnet = build_seesr_unet_and_controlnet(base_unet, image_dim, unet_trainable="rca")
     if model.controlnet_model_name_or_path:
         controlnet = load_seesr_controlnet(model.controlnet_model_name_or_path, image_cross_attention_dim=image_dim)
@@ -196,8 +249,19 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     set_seed(train.seed, device_specific=True)
+    resume_from = find_resume_checkpoint(  # checked before anything is written: a refused one changes nothing
+        output_dir, train.resume_from_checkpoint, train.allow_pickle_resume, announce=accelerator.is_main_process
+    )
     if accelerator.is_main_process:
-        write_run_record(config, output_dir, extra={"stage": "seesr", "num_processes": accelerator.num_processes})
+        write_run_record(
+            config,
+            output_dir,
+            extra={
+                "stage": "seesr",
+                "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,
+            },
+        )
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 
@@ -221,6 +285,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         controlnet.enable_gradient_checkpointing()
     unet.train()
     controlnet.train()
+    parts["caption_tagger"] = _caption_tagger(config, tagger, weight_dtype, device)
 
     # 4. Select trainable: the whole ControlNet and the RCA layers of the UNet (by type, not by name).
     module = SeeSRTrainingModule(unet, controlnet, residual_dtype=weight_dtype)
@@ -241,12 +306,19 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
     lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
-    counter = StepCounter()
-    accelerator.register_for_checkpointing(counter, lr_scheduler)
-    install_trainable_state_hooks(accelerator)
+    checkpointer = Checkpointer(
+        accelerator,
+        module,
+        optimizer,
+        lr_scheduler,
+        output_dir,
+        len(loader),
+        train.gradient_accumulation_steps,
+        train.checkpoints_total_limit,
+    )
 
     # 6. Resume.
-    start = resume_training(accelerator, output_dir, train, counter, len(loader))
+    start = checkpointer.load(resume_from, train.allow_pickle_resume)
     global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
 
     if accelerator.is_main_process:
@@ -290,7 +362,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
                         0, num_train_timesteps, (latents.shape[0],), generator=generator, device=device
                     ).long()
                     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                    tags = training_data.fill_missing_tags(pair.tags, pair.gt, tagger)
+                    tags = training_data.fill_missing_tags(pair.tags, pair.gt, parts["caption_tagger"])
                     keep = torch.rand(len(tags), generator=generator, device=device) >= config.model.null_text_ratio
                     prompts = [tag if kept else "" for tag, kept in zip(tags, keep.tolist(), strict=True)]
                     text_embeds = _encode_prompts(tokenizer, text_encoder, prompts, device)
@@ -319,7 +391,6 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
             step_loss = accumulated / micro_index
             accumulated, micro_index = 0.0, 0
             global_step += 1
-            counter.step = global_step
             losses[global_step] = step_loss
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -327,7 +398,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
                 accelerator.log({"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
 
             if global_step % train.checkpointing_steps == 0:
-                _save_checkpoint(accelerator, output_dir, global_step, train.checkpoints_total_limit)
+                checkpointer.save(global_step)
             if loss_every and (global_step % loss_every == 0 or global_step == max_train_steps):
                 validation_losses[global_step] = _validation_loss(accelerator, config, parts, module, validation_batch)
                 accelerator.log({"val_loss": validation_losses[global_step]}, step=global_step)
@@ -372,7 +443,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
 
 def _restore_frozen_weights(unet: nn.Module, model: SeeSRModelConfig, image_dim: int) -> None:
     """Put the float32 source values back into the frozen UNet tensors (they were stored in the AMP dtype)."""
-    source, _ = _build_trainable(model, image_dim)
+    source, _ = _build_trainable(model, image_dim, announce=False)
     fresh = dict(source.named_parameters())
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -400,15 +471,6 @@ def _final_models(accelerator: Any, module: nn.Module, config: TrainSeeSRConfig)
     return copy.unet, copy.controlnet
 
 
-def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, keep: int | None) -> None:
-    if accelerator.is_main_process and keep is not None:
-        prune_checkpoints(output_dir, keep - 1)
-    accelerator.wait_for_everyone()
-    path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
-    logger.info("saved %s", path)
-
-
 @torch.no_grad()
 def _validation_loss(
     accelerator: Any, config: TrainSeeSRConfig, parts: dict[str, Any], module: nn.Module, batch: dict[str, Any]
@@ -428,7 +490,7 @@ def _validation_loss(
     latents = latents.repeat_interleave(steps, dim=0)
     generator = torch.Generator().manual_seed(validation.seed)
     noise = torch.randn(latents.shape, generator=generator).to(device)
-    tags = training_data.fill_missing_tags(pair.tags, pair.gt, tagger)
+    tags = training_data.fill_missing_tags(pair.tags, pair.gt, parts["caption_tagger"])
     text = _encode_prompts(parts["tokenizer"], parts["text_encoder"], tags, device).repeat_interleave(steps, dim=0)
     image_embeds = tagger.encode_image(training_data.stage2_ram_input(pair.control).to(dtype))[1]
     image_embeds = image_embeds.repeat_interleave(steps, dim=0)
