@@ -280,7 +280,8 @@ def turbo_variant(pipe: Any, tiny: bool) -> Any:
     """A turbo pipeline sharing ``pipe``'s parts: SD-turbo-shaped UNet (random, or the tiny UNet) + grafted RCA."""
     from diffusers import UNet2DConditionModel
 
-    from seesr.models.turbo import graft_rca, load_turbo_pipeline, turbo_scheduler
+    from seesr.models.turbo import graft_rca, turbo_scheduler_from_config
+    from seesr.pipeline.turbo import load_turbo_pipeline
 
     if tiny:
         return load_turbo_pipeline(TINY, pipe)
@@ -295,7 +296,7 @@ def turbo_variant(pipe: Any, tiny: bool) -> Any:
         tokenizer=pipe.tokenizer,
         unet=unet,
         controlnet=pipe.controlnet,
-        scheduler=turbo_scheduler(),
+        scheduler=turbo_scheduler_from_config(),
         tagger=pipe.tagger,
     )
     turbo.vae_tiling = pipe.vae_tiling

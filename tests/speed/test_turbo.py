@@ -14,8 +14,10 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from seesr.models.image_cross_attention import iter_image_cross_attention
+from seesr.models.turbo import TURBO_DEFAULTS
+from seesr.pipeline.turbo import load_turbo_pipeline
+from seesr.weights.turbo import TURBO_CATALOG, graft_rca, turbo_scheduler
 from seesr.weights.unet import CheckpointError
-from seesr.models.turbo import TURBO_CATALOG, TURBO_DEFAULTS, graft_rca, load_turbo_pipeline, turbo_scheduler
 from tests.conftest import TINY
 
 

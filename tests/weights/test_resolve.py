@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seesr.weights.catalog import CATALOG, pinned_revisions
-from seesr.weights.loading import ModelLoadError, load_pipeline, load_tokenizer
+from seesr.weights.loading import ModelLoadError, load_components, load_tokenizer
 from seesr.weights.resolve import MissingWeightsError, hf_cache_dir, resolve_model
 from tests.conftest import TINY
 from tests.pipeline.helpers import tiny_pipeline
@@ -91,7 +91,7 @@ def test_default_location_from_fake_hf_cache(fresh_hf_cache, no_network):
     assert location.ram_checkpoint.name == "ram_swin_large_14m.pth"
     # the tiny RAM needs its shrunken configs (a real RAM checkpoint uses the built-in Swin-L config)
     location.ram_config_dir = TINY / "ram" / "configs"
-    pipe = load_pipeline(location)
+    pipe = load_components(location)
     reference = tiny_pipeline()
     for name in ("unet", "controlnet", "vae", "text_encoder", "tagger"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()

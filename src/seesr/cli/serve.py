@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--device {args.device}: {error}", EXIT_USAGE) from None
 
     from seesr.pipeline.fast import fast_path_config_for
-    from seesr.weights.loading import ModelLoadError, load_pipeline
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
+    from seesr.weights.loading import ModelLoadError
     from seesr.weights.resolve import MissingWeightsError
 
     # the same speed defaults as `seesr upscale`: the fast path on CUDA GPUs, the exact fp32 path elsewhere
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
-        pipeline = load_pipeline(args.model, device=device, dtype=dtype, load_tagger=True)
+        pipeline = SeeSRPipeline.from_pretrained(args.model, device=device, dtype=dtype, load_tagger=True)
     except (MissingWeightsError, ModelLoadError) as error:
         raise CLIError(str(error)) from None
     if fast_config is not None:

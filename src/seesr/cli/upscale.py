@@ -356,19 +356,23 @@ def _run(
     # 2. Load the model (clear message, no traceback, when files are missing).
     if args.quiet or not context.is_main:
         _silence_loading()
-    from seesr.weights.unet import CheckpointError
     from seesr.pipeline.batch import upscale_files
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
     from seesr.utils.logging import inner_progress_bars
-    from seesr.weights.loading import ModelLoadError, load_pipeline
+    from seesr.weights.loading import ModelLoadError
     from seesr.weights.resolve import MissingWeightsError
+    from seesr.weights.unet import CheckpointError
 
     if args.model is None:
         fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
         # offloading starts from the CPU: the whole model never has to fit on the GPU at once
-        pipe = load_pipeline(args.model, device="cpu" if args.offload else device, dtype=dtype, load_tagger=True)
+        pipe = SeeSRPipeline.from_pretrained(
+            args.model, device="cpu" if args.offload else device, dtype=dtype, load_tagger=True
+        )
         if args.turbo or args.turbo_model is not None:
-            from seesr.models.turbo import find_turbo_folder, load_turbo_pipeline
+            from seesr.pipeline.turbo import load_turbo_pipeline
+            from seesr.weights.turbo import find_turbo_folder
 
             pipe = load_turbo_pipeline(find_turbo_folder(args.turbo_model, args.model), pipe)
     except (MissingWeightsError, ModelLoadError, CheckpointError) as error:

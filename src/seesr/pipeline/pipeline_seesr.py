@@ -307,13 +307,16 @@ class SeeSRPipeline(DiffusionPipeline):
         Raises:
             seesr.weights.resolve.MissingWeightsError: files missing; the message lists them and how to get them.
         """
-        from seesr.weights.loading import load_pipeline
+        from seesr.weights.loading import load_components
 
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
-        return load_pipeline(
-            pretrained_model_name_or_path, device=device, dtype=dtype, load_tagger=load_tagger, pipeline_class=cls
+        components = load_components(
+            pretrained_model_name_or_path, device=device, dtype=dtype, load_tagger=load_tagger
         )
+        pipeline = cls(**components.modules())
+        pipeline.model_location = components.location
+        return pipeline
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]
         """Write a converted bundle (safetensors only, our UNet/ControlNet layout, ``tagger/``, model_index.json)."""

@@ -36,7 +36,8 @@ COMPONENT_CLASSES = {
 
 
 def write_bundle(pipe: Any, out: str | os.PathLike, source: str = "") -> Path:
-    """Save the components of a loaded ``SeeSRPipeline`` as a converted bundle in ``out`` (created)."""
+    """Save the components of a loaded ``SeeSRPipeline`` (or :class:`~seesr.weights.loading.SeeSRComponents`) as a
+    converted bundle in ``out`` (created)."""
     from diffusers import __version__ as diffusers_version
 
     from seesr.weights.unet import save_seesr_model
@@ -75,17 +76,17 @@ def convert_model(
     The bundle is written to a temporary sibling folder and renamed into place, so an interrupted conversion never
     leaves a half-written bundle. ``out`` must not exist (or be empty) unless ``overwrite``.
     """
-    from seesr.weights.loading import load_pipeline
+    from seesr.weights.loading import load_components
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty")
     location = source if isinstance(source, ModelLocation) else resolve_model(source)
-    pipe = load_pipeline(location, device="cpu", dtype=dtype or torch.float32, load_tagger=True)
+    components = load_components(location, device="cpu", dtype=dtype or torch.float32, load_tagger=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        write_bundle(pipe, staging, source=location.description)
+        write_bundle(components, staging, source=location.description)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)

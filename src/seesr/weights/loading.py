@@ -1,5 +1,8 @@
 """Load every component of a SeeSR model from a :class:`~seesr.weights.resolve.ModelLocation`.
 
+:func:`load_components` returns them as :class:`SeeSRComponents`; this package never imports ``seesr.pipeline``
+(``SeeSRPipeline.from_pretrained`` assembles the pipeline).
+
 Guards against the silent traps found during the parity check (PARITY-NOTES §2-§3):
 
 * the scheduler is always built as ``DDPMScheduler`` (the SD-2 file declares ``PNDMScheduler``);
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,24 +128,49 @@ def load_dape_tagger(location: ModelLocation, device: torch.device, dtype: torch
         raise _wrap("DAPE tagger (RAM + DAPE.pth)", location.ram_checkpoint, error) from error
 
 
-def load_pipeline(
+@dataclass
+class SeeSRComponents:
+    """The loaded parts of a SeeSR model; :meth:`SeeSRPipeline.from_pretrained
+    <seesr.pipeline.pipeline_seesr.SeeSRPipeline.from_pretrained>` puts them together.
+
+    ``modules()`` is the keyword dict a ``SeeSRPipeline`` (a diffusers ``DiffusionPipeline``) is built from;
+    ``location`` says where the files came from.
+    """
+
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    unet: Any
+    controlnet: Any
+    scheduler: Any
+    tagger: Any
+    location: ModelLocation
+
+    def modules(self) -> dict[str, Any]:
+        return {
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "unet": self.unet,
+            "controlnet": self.controlnet,
+            "scheduler": self.scheduler,
+            "tagger": self.tagger,
+        }
+
+
+def load_components(
     model: str | os.PathLike | ModelLocation | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     load_tagger: bool = True,
-    pipeline_class: type | None = None,
-) -> Any:
-    """Resolve ``model`` (folder, bundle or None = default location) and build a ready ``SeeSRPipeline``.
+) -> SeeSRComponents:
+    """Resolve ``model`` (folder, bundle or None = default location) and load every component.
 
     The VAE, text encoder, UNet and ControlNet use ``dtype`` (default float32); the tagger stays float32 as in the
     official ``test_seesr.py``. Raises :class:`~seesr.weights.resolve.MissingWeightsError` or
     :class:`ModelLoadError` with user-facing messages.
     """
-    if pipeline_class is None:
-        from seesr.pipeline.pipeline_seesr import SeeSRPipeline
-
-        pipeline_class = SeeSRPipeline
     location = model if isinstance(model, ModelLocation) else resolve_model(model)
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or torch.float32
@@ -152,7 +181,7 @@ def load_pipeline(
     vae = load_vae(location.vae, dtype, device)
     unet, controlnet = load_unet_and_controlnet(location, dtype, device)
     tagger = load_dape_tagger(location, device) if load_tagger else None
-    pipeline = pipeline_class(
+    return SeeSRComponents(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -160,6 +189,5 @@ def load_pipeline(
         controlnet=controlnet,
         scheduler=scheduler,
         tagger=tagger,
+        location=location,
     )
-    pipeline.model_location = location
-    return pipeline
