@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -124,3 +125,51 @@ def test_string_fields_keep_yaml_keywords_as_text(tmp_path):
     path.write_text("train:\n  mixed_precision: no\n")
     with pytest.raises(ConfigError, match="write it in quotes"):
         load_config("seesr", path, validate=False)
+
+
+@pytest.mark.parametrize(
+    ("stage", "override", "key"),
+    [
+        ("seesr", "train.train_batch_size=-3", "train.train_batch_size"),
+        ("seesr", "optim.learning_rate=nan", "optim.learning_rate"),
+        ("seesr", "optim.learning_rate=-1e-4", "optim.learning_rate"),
+        ("seesr", "optim.learning_rate=.inf", "optim.learning_rate"),
+        ("seesr", "train.max_train_steps=0", "train.max_train_steps"),
+        ("seesr", "train.max_train_steps=-5", "train.max_train_steps"),
+        ("seesr", "train.num_train_epochs=0", "train.num_train_epochs"),
+        ("seesr", "train.checkpointing_steps=0", "train.checkpointing_steps"),
+        ("seesr", "train.checkpoints_total_limit=0", "train.checkpoints_total_limit"),
+        ("seesr", "train.seed=-1", "train.seed"),
+        ("seesr", "optim.adam_beta2=1.5", "optim.adam_beta2"),
+        ("seesr", "optim.adam_epsilon=0", "optim.adam_epsilon"),
+        ("seesr", "optim.weight_decay=nan", "optim.weight_decay"),
+        ("seesr", "optim.max_grad_norm=-1", "optim.max_grad_norm"),
+        ("seesr", "optim.lr_warmup_steps=-1", "optim.lr_warmup_steps"),
+        ("seesr", "optim.lr_milestones=[100, -3]", "optim.lr_milestones[1]"),
+        ("seesr", "data.num_workers=-1", "data.num_workers"),
+        ("seesr", "model.null_text_ratio=nan", "model.null_text_ratio"),
+        ("seesr", "model.caption_tagger=blip", "model.caption_tagger"),
+        ("seesr", "validation.num_inference_steps=0", "validation.num_inference_steps"),
+        ("seesr", "validation.guidance_scale=nan", "validation.guidance_scale"),
+        ("seesr", "validation.loss_steps=-2", "validation.loss_steps"),
+        ("dape", "loss.logits_weight=nan", "loss.logits_weight"),
+        ("dape", "optim.lr_gamma=0", "optim.lr_gamma"),
+        ("dape", "logging.log_every=0", "logging.log_every"),
+    ],
+)
+def test_out_of_range_values_are_refused_naming_the_key(tmp_path, stage, override, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "ram_model_path": "ram.pth",
+                    **({"pretrained_model_name_or_path": "sd2"} if stage == "seesr" else {}),
+                },
+                "data": {"root_folders": ["d"]},
+            }
+        )
+    )
+    load_config(stage, path)  # the file itself is valid
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be .*, got "):
+        load_config(stage, path, [override])
