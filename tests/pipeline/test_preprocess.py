@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from seesr.pipeline.preprocess import build_prompt, edit_tags, prepare_control_image, process_size_for, split_tags
+from seesr.pipeline.preprocess import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    ProcessingSizeError,
+    build_prompt,
+    check_processing_size,
+    edit_tags,
+    prepare_control_image,
+    process_size_for,
+    split_tags,
+)
 from tests.conftest import TINY
 from tests.pipeline.helpers import case_lr, case_settings
 
@@ -52,3 +61,25 @@ def test_size_rules():
     assert process_size_for(33, 130, 4, 128) == (128, 520)
     with pytest.raises(ValueError):
         prepare_control_image(case_lr(1), 0, 512)
+
+
+def test_processing_size_guard_returns_the_output_size():
+    assert check_processing_size(300, 200, scale=4, process_size=512, max_output_pixels=None) == (1200, 800)
+    # the default limit: 8000 x 8000 output pixels (a 4x upscale of a 2000 x 2000 photo)
+    assert check_processing_size(2000, 2000, scale=4, process_size=512, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS)
+    with pytest.raises(ProcessingSizeError, match="--max-output-pixels"):
+        check_processing_size(2001, 2000, scale=4, process_size=512, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS)
+
+
+def test_processing_size_guard_sees_the_enlargement():
+    # issue 13 item 2: a 0.3 Mpx strip would be enlarged to a 512 x 17,066,664 working image
+    assert process_size_for(3, 100000, 4, 512) == (512, 17066664)
+    with pytest.raises(ProcessingSizeError, match=r"aspect ratio over 64:1"):
+        check_processing_size(3, 100000, scale=4, process_size=512, max_output_pixels=None)
+    # within the aspect limit but enlarged past the pixel limit: the message names the working size and both flags
+    with pytest.raises(ProcessingSizeError, match=r"processed at 512x32000.*--max-output-pixels.*--process-size"):
+        check_processing_size(8, 500, scale=4, process_size=512, max_output_pixels=10_000_000)
+    # a 7900 x 7900 input passes the 64 Mpx input limit but would give a 31600 x 31600 output
+    with pytest.raises(ProcessingSizeError, match=r"31600x31600 output.*exceeds the limit of 64000000"):
+        check_processing_size(7900, 7900, scale=4, process_size=512, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS)
+    assert issubclass(ProcessingSizeError, ValueError)

@@ -10,6 +10,12 @@ from collections.abc import Iterable, Sequence
 from PIL import Image
 
 DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k"
+#: default ``--max-output-pixels``: the larger of the working and the output image, 8000 x 8000 (a 4x upscale of a
+#: 2000 x 2000 photo)
+DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
+#: longest/shortest side beyond which an input is refused: the short side is enlarged to ``process_size // scale``
+#: first, so a 3 x 100000 strip would become a 512 x 17,066,664 working image
+MAX_ASPECT_RATIO = 64
 DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 
 
@@ -55,6 +61,55 @@ def process_size_for(width: int, height: int, upscale: int, process_size: int) -
         width, height = int(scale * width), int(scale * height)
     width, height = width * upscale, height * upscale
     return width // 8 * 8, height // 8 * 8
+
+
+class ProcessingSizeError(ValueError):
+    """An input whose working or output size is over a limit; the message is meant for the user (one line)."""
+
+
+def check_processing_size(
+    width: int, height: int, *, scale: int, process_size: int, max_output_pixels: int | None
+) -> tuple[int, int]:
+    """Check, before any work, that an LR image of ``(width, height)`` can be upscaled; return the output size.
+
+    The model works at :func:`process_size_for` (the short side enlarged to ``process_size // scale`` first, then
+    ``x scale``); the result is ``(width * scale, height * scale)``. Refused with :class:`ProcessingSizeError`:
+    a side of zero, an aspect ratio over :data:`MAX_ASPECT_RATIO`, a working size under 8 pixels, and a working or
+    output image of more than ``max_output_pixels`` (None: no limit). The message names the limit and the flag
+    (``--max-output-pixels``, ``--process-size``, ``--scale``) that changes it.
+    """
+    if scale < 1 or process_size < 1:
+        raise ProcessingSizeError(f"scale and process size must be >= 1 (got {scale} and {process_size})")
+    if width < 1 or height < 1:
+        raise ProcessingSizeError(f"image has zero size ({width}x{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ProcessingSizeError(
+            f"{width}x{height} has an aspect ratio over {MAX_ASPECT_RATIO}:1, which cannot be processed "
+            "(crop it into pieces first)"
+        )
+    work_width, work_height = process_size_for(width, height, scale, process_size)
+    if work_width < 8 or work_height < 8:
+        raise ProcessingSizeError(
+            f"{width}x{height} is too small to process at --scale {scale} (the working size {work_width}x"
+            f"{work_height} is under 8 pixels; raise --process-size)"
+        )
+    output = (width * scale, height * scale)
+    if max_output_pixels is not None:
+        pixels = max(work_width * work_height, output[0] * output[1])
+        if pixels > max_output_pixels:
+            enlarged = work_width * work_height > output[0] * output[1]
+            what = (
+                f"is processed at {work_width}x{work_height} (its short side is enlarged to --process-size "
+                f"{process_size} first)"
+                if enlarged
+                else f"gives a {output[0]}x{output[1]} output at --scale {scale}"
+            )
+            raise ProcessingSizeError(
+                f"{width}x{height} {what}: {pixels} pixels exceeds the limit of {max_output_pixels} "
+                "(raise it with --max-output-pixels, or use a smaller --scale"
+                + (" or --process-size)" if enlarged else ")")
+            )
+    return output
 
 
 def prepare_control_image(image: Image.Image, upscale: int = 4, process_size: int = 512) -> Image.Image:
