@@ -79,3 +79,58 @@ def test_shipped_accelerate_configs_parse():
 def test_print_accelerate_config(capsys):
     assert cli(["train", "seesr", "--print-accelerate-config", "fsdp"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["distributed_type"] == "FSDP"
+
+
+def _dape_args(tmp_path, pairs_dir, run, *extra):
+    path = tmp_path / "dape.yaml"
+    path.write_text("train:\n  mixed_precision: 'no'\n")
+    args = ["train", "dape", "--config", str(path), "--output-dir", str(run)]
+    for item in dape_overrides(pairs_dir, run, train__max_train_steps=1):
+        args += ["--set", item]
+    return [*args, *extra]  # after the defaults: a later --set wins
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_pickled_checkpoints_in_one_line_without_running_them(capsys, tmp_path, pairs_dir):
+    """An old accelerate checkpoint (a payload optimizer.bin, as a downloaded checkpoint could hold) is refused by
+    `seesr train --resume`: exit 1, one line naming the file and why, the payload never runs, the run folder is left
+    exactly as it was (not even config.yaml is written)."""
+    from tests.training.test_checkpointing import legacy_checkpoint, payload_bytes
+
+    run = tmp_path / "run"
+    marker = tmp_path / "marker"
+    (run / "checkpoint-5").mkdir(parents=True)
+    (run / "checkpoint-5" / "optimizer.bin").write_bytes(payload_bytes(marker, torch_format=True))
+    legacy_checkpoint(run / "checkpoint-2", marker)
+    before = _files(run)
+    for resume in ("latest", str(run / "checkpoint-5")):
+        assert cli(_dape_args(tmp_path, pairs_dir, run, "--resume", resume)) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "checkpoint-5" in err and "optimizer.bin" in err and "pickle" in err
+    assert not marker.exists() and _files(run) == before
+
+
+def test_resume_from_a_truncated_checkpoint_is_one_line_naming_the_file(capsys, tmp_path, pairs_dir):
+    from tests.training.test_checkpointing import saved_run
+
+    run = tmp_path / "run"
+    saved_run(run, steps=(1,))
+    trainable = run / "checkpoint-1" / "trainable.safetensors"
+    trainable.write_bytes(trainable.read_bytes()[:-100])
+    assert cli(_dape_args(tmp_path, pairs_dir, run, "--resume", "latest")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(trainable) in err and "truncated" in err
+
+
+def test_out_of_range_config_values_are_usage_errors(capsys, tmp_path, pairs_dir):
+    assert cli(_dape_args(tmp_path, pairs_dir, tmp_path / "run", "--set", "train.train_batch_size=-3")) == 2
+    err = capsys.readouterr().err
+    assert "train.train_batch_size must be >= 1, got -3" in err and "Traceback" not in err
+    assert cli(_dape_args(tmp_path, pairs_dir, tmp_path / "run", "--set", "optim.learning_rate=nan")) == 2
+    assert "optim.learning_rate must be a finite number > 0, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
