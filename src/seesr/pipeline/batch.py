@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from seesr import __version__
 from seesr.pipeline.preprocess import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT, process_size_for
+from seesr.utils.device import free_accelerator_memory as _free_accelerator_memory
+from seesr.utils.device import is_accelerator_oom as _is_oom
 from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, load_image, save_image_atomic
 
 logger = logging.getLogger(__name__)
@@ -110,19 +111,6 @@ def png_metadata(
         "seesr": json.dumps(record, sort_keys=True, default=str),
         "Software": f"seesr {__version__}",
     }
-
-
-def _is_oom(error: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
-    return isinstance(error, oom) or "out of memory" in str(error).lower()
-
-
-def _free_accelerator_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
 
 
 def upscale_image(pipe: Any, image: Image.Image, settings: UpscaleSettings, seed: int, tile_size: int | str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -28,3 +30,30 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def is_accelerator_oom(error: BaseException) -> bool:
+    """True for an accelerator allocator failure (``torch.OutOfMemoryError``, or a RuntimeError saying so)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+    return isinstance(error, oom) or "out of memory" in str(error).lower()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True when host memory (:class:`MemoryError`) or accelerator memory ran out."""
+    return isinstance(error, MemoryError) or is_accelerator_oom(error)
+
+
+def free_accelerator_memory() -> None:
+    """Return the cached blocks of CUDA and MPS to the driver (other processes and later requests can use them)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def release_memory() -> None:
+    """Collect garbage (tensors kept alive by reference cycles or a caught exception's frames), then
+    :func:`free_accelerator_memory`."""
+    gc.collect()
+    free_accelerator_memory()
