@@ -39,6 +39,10 @@ def test_incomplete_release_lists_exactly_the_missing_files(tmp_path):
     message = str(info.value)
     assert "missing: unet/diffusion_pytorch_model.safetensors, ram/DAPE.pth." in message
     assert "controlnet/diffusion_pytorch_model.safetensors   <- CSWRY/SeeSR" in message  # how to place them
+    # each missing file: the folder to put it in, its repository and its name there (issue 15 item 5)
+    assert f"  {root / 'ram' / 'DAPE.pth'}   <- CSWRY/SeeSR: DAPE.pth\n" in message
+    unet_file = root / "unet" / "diffusion_pytorch_model.safetensors"
+    assert f"  {unet_file}   <- CSWRY/SeeSR: seesr/unet/diffusion_pytorch_model.safetensors\n" in message
 
 
 def test_official_preset_layout(tmp_path):

@@ -173,6 +173,18 @@ def resolve_bundle(folder: Path) -> ModelLocation:
 # (a) release layout
 
 
+def _where_missing(folder: Path, missing: list[str]) -> str:
+    """One line per missing file of a release folder: where it goes, and which repository file it is."""
+    lines = []
+    for name in missing:
+        entry = next(
+            (e for e in CATALOG if name == e.target or name.endswith("/" + e.target) or e.target.endswith("/" + name)),
+            None,
+        )
+        lines.append(f"  {folder / name}" + (f"   <- {entry.repo_id}: {entry.filename}" if entry else ""))
+    return "\n".join(lines)
+
+
 def resolve_release(folder: Path) -> ModelLocation:
     """Check a release-layout folder (or the official ``preset/models`` arrangement) and return its parts."""
     sd_root = folder
@@ -203,6 +215,8 @@ def resolve_release(folder: Path) -> ModelLocation:
         )
         raise MissingWeightsError(
             f"{intro}; missing: {', '.join(missing)}.\n"
+            "Put each missing file here (repository: file on the Hugging Face Hub):\n"
+            f"{_where_missing(folder, missing)}\n"
             "Expected a converted bundle (`seesr convert`) or the release layout:\n"
             f"{_release_layout_help()}\n"
             "(`seesr download --dest FOLDER` writes exactly this.)"
