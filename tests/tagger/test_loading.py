@@ -70,8 +70,11 @@ def test_missing_dape_falls_back_to_plain_ram_with_a_warning(tmp_path, caplog, b
 def test_not_found_messages(tmp_path):
     with pytest.raises(TaggerNotFoundError, match="no such file"):
         resolve_tagger_source(tmp_path / "missing")
-    with pytest.raises(TaggerNotFoundError, match="ram/ram_swin_large_14m.pth"):
+    with pytest.raises(TaggerNotFoundError, match="ram/ram_swin_large_14m.pth") as error:
         resolve_tagger_source(tmp_path)
+    # the repository, the file and the folder to put it in (issue 15 item 5)
+    assert "xinyu1205/recognize_anything_model: ram_swin_large_14m.pth" in str(error.value)
+    assert "CSWRY/SeeSR: DAPE.pth" in str(error.value) and f"in {tmp_path / 'ram'}" in str(error.value)
     with pytest.raises(TaggerNotFoundError, match="seesr download"):
         load_tagger(None)  # conftest points the Hugging Face cache at an empty folder
 

@@ -104,6 +104,14 @@ def _official_source(ram_dir: Path, extra_dape_dirs: tuple[Path, ...] = ()) -> T
     )
 
 
+def _official_files_hint() -> str:
+    """``ram_swin_large_14m.pth (xinyu1205/recognize_anything_model) and DAPE.pth (CSWRY/SeeSR)``, from the catalogue."""
+    from seesr.weights.catalog import files_for
+
+    entries = sorted(files_for("ram"), key=lambda entry: Path(entry.target).name != RAM_CHECKPOINT_NAME)
+    return " and ".join(f"{Path(e.target).name} ({e.repo_id}: {e.filename})" for e in entries)
+
+
 def resolve_tagger_source(path: str | os.PathLike) -> TaggerSource:
     """Resolve a user-given folder to a :class:`TaggerSource` (see the module docstring for the layouts)."""
     root = Path(path).expanduser()
@@ -123,7 +131,8 @@ def resolve_tagger_source(path: str | os.PathLike) -> TaggerSource:
         return _official_source(root)
     raise TaggerNotFoundError(
         f"{root}: no tagger found; expected one of {TAGGER_SUBFOLDER}/config.json (converted bundle), "
-        f"config.json of a DAPETagger, ram/{RAM_CHECKPOINT_NAME} (+ ram/{DAPE_CHECKPOINT_NAME}) or {RAM_CHECKPOINT_NAME}"
+        f"config.json of a DAPETagger, ram/{RAM_CHECKPOINT_NAME} (+ ram/{DAPE_CHECKPOINT_NAME}) or {RAM_CHECKPOINT_NAME}. "
+        f"Put {_official_files_hint()} in {root / 'ram'}, or get them with `seesr download`"
     )
 
 
@@ -281,7 +290,10 @@ def load_tagger_source(
     else:
         if source.dape_path is None:
             if require_dape:
-                raise TaggerNotFoundError(f"{DAPE_CHECKPOINT_NAME} not found next to {source.ram_path}")
+                raise TaggerNotFoundError(
+                    f"{DAPE_CHECKPOINT_NAME} not found next to {source.ram_path}: put {_official_files_hint()} in "
+                    f"{source.ram_path.parent}, or get them with `seesr download`"
+                )
             logger.warning(
                 "%s not found next to %s: using plain RAM without the DAPE LoRA", DAPE_CHECKPOINT_NAME, source.ram_path
             )
