@@ -2,7 +2,10 @@
 tensors and losses so that the test can check that the replicas stayed identical. (One stage per launch:
 ``main`` ends with ``accelerator.end_training()``, which closes the process group.)
 
-Usage: ddp_worker.py seesr|dape BASE_MODEL_DIR PAIRS_DIR OUTPUT_DIR
+Usage: ddp_worker.py seesr|dape BASE_MODEL_DIR PAIRS_DIR OUTPUT_DIR [--resume]
+
+Checkpoints are written after both steps; with ``--resume`` the run continues from ``checkpoint-1`` (which the test
+copied into OUTPUT_DIR) instead of starting afresh.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ def main() -> None:
     torch.set_num_threads(1)
     stage = sys.argv[1]
     base, pairs, output = map(Path, sys.argv[2:5])
+    extra = {"train__checkpointing_steps": 1}
+    if "--resume" in sys.argv[5:]:
+        extra["train__resume_from_checkpoint"] = "latest"
     if stage == "seesr":
         from seesr.training.train_seesr import main as train
 
-        overrides = seesr_overrides(base, pairs, output, train__max_train_steps=2, optim__learning_rate=1e-3)
+        overrides = seesr_overrides(base, pairs, output, train__max_train_steps=2, optim__learning_rate=1e-3, **extra)
     else:
         from seesr.training.train_dape import main as train
 
-        overrides = dape_overrides(pairs, output, train__max_train_steps=2, optim__learning_rate=1e-3)
+        overrides = dape_overrides(pairs, output, train__max_train_steps=2, optim__learning_rate=1e-3, **extra)
     result = train(load_config(stage, None, overrides))
     state = PartialState()
     torch.save(
