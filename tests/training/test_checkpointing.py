@@ -277,3 +277,14 @@ def test_truncated_or_mismatched_trainable_tensors_give_one_line_errors(tmp_path
     with pytest.raises(TrainingError, match=r"trainable\.safetensors: not a readable safetensors file") as caught:
         Toy(run).checkpointer.load(find_resume_checkpoint(run, "latest"))
     assert "\n" not in str(caught.value)
+
+
+def test_grad_scaler_state_round_trips(tmp_path):
+    """fp16 runs on GPUs checkpoint the gradient scaler; its state survives the JSON + safetensors round trip."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    scaler._lazy_init_scale_growth_tracker("cpu")
+    scaler.update(512.0)
+    checkpointing._write_state(tmp_path, "scaler", scaler.state_dict())
+    fresh = torch.amp.GradScaler("cpu")
+    fresh.load_state_dict(checkpointing._read_state(tmp_path, "scaler"))
+    assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 512.0
