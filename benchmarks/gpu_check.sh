@@ -103,6 +103,7 @@ fi
 start=$SECONDS
 mapfile -t gpu_tests < <(grep -rlE --include='test_*.py' 'mark\.gpu|pytestmark = GPU' tests | sort)
 limit=$(($(left) > 360 ? 180 : $(left) / 3))
+limit=$((limit < 30 ? 30 : limit))
 note "pytest -m gpu on ${#gpu_tests[@]} files (at most $limit s)"
 timeout --kill-after=10 "$limit" "$PY" -m pytest -m gpu -p no:cacheprovider -s -rA --timeout 120 \
     --junitxml "$RESULTS/pytest_gpu.xml" "${gpu_tests[@]}"
