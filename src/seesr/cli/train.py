@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Train one of the two SeeSR stages from a YAML config. Values resolve as: built-in defaults (the "
             "official hyper-parameters) <- --config FILE <- --set overrides. Every run writes config.yaml and "
-            "versions.json into its output folder, checkpoints to checkpoint-<step>/ (resume with --resume latest) "
+            "versions.json into its output folder, checkpoints to checkpoint-<step>/ (written atomically; resume with "
+            "--resume latest) "
             "and TensorBoard logs to logs/. For several GPUs or nodes run the same command under `accelerate "
             "launch`, e.g. `accelerate launch --config_file ddp.yaml -m seesr train seesr --config c.yaml`; "
             "`--print-accelerate-config ddp|fsdp|deepspeed` prints a DDP, FSDP or DeepSpeed ZeRO-2 launch config "
@@ -58,7 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         stage_parser.add_argument(
             "--resume",
             metavar="CHECKPOINT",
-            help='resume from a checkpoint folder, or "latest" (same as --set train.resume_from_checkpoint=...)',
+            help='resume from a checkpoint-<step> folder, or "latest": the newest complete checkpoint of the run '
+            "(same as --set train.resume_from_checkpoint=...). Checkpoints are safetensors + JSON and nothing is "
+            "unpickled; checkpoints of earlier seesr versions (accelerate's .pkl/.bin files) are refused",
         )
         stage_parser.add_argument(
             "--output-dir", metavar="DIR", help="run folder (same as --set train.output_dir=DIR)"

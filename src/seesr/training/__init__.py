@@ -8,7 +8,9 @@ Modules:
 * :mod:`seesr.training.train_dape` / :mod:`seesr.training.train_seesr` — ``main(config) -> TrainResult``, each
   readable top to bottom (build -> freeze -> select trainable -> loop -> save);
 * :mod:`seesr.training.losses` — Eq. (1) (DAPE) and Eq. (2) (noise prediction);
-* :mod:`seesr.training.export` — the written models (``DAPE.pth`` + ``tagger/``; ``official/`` + ``model/``).
+* :mod:`seesr.training.export` — the written models (``DAPE.pth`` + ``tagger/``; ``official/`` + ``model/``);
+* :mod:`seesr.training.checkpointing` — ``checkpoint-<step>/`` folders: safetensors + JSON (nothing is unpickled on
+  resume), written under a temporary name and renamed when complete.
 
 Python use::
 
@@ -22,8 +24,9 @@ Distributed training runs the same command under ``accelerate launch`` (one proc
 nodes). Tested: one process, and DDP with 2 CPU processes over gloo
 (``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m seesr train ...``). Launch configs for
 DDP, FSDP and DeepSpeed ZeRO-2 ship next to the training templates (``seesr train seesr
---print-accelerate-config ddp|fsdp|deepspeed``); under FSDP/DeepSpeed checkpoints use accelerate's own format, the
-final export gathers the whole weights, and the per-step validation should stay off.
+--print-accelerate-config ddp|fsdp|deepspeed``); under FSDP/DeepSpeed checkpoints use accelerate's own format
+(resuming from it unpickles, so it needs ``train.allow_pickle_resume: true``), the final export gathers the whole
+weights, and the per-step validation should stay off.
 
 Heavy libraries are imported by the stage modules only.
 """
