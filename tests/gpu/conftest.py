@@ -8,7 +8,6 @@ seconds each once CUDA is initialised.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from seesr.cli.doctor import psnr  # noqa: F401 (re-exported for the GPU tests)
 from tests.conftest import TINY
 
 #: apply to every module of tests/gpu: ``pytestmark = GPU``
@@ -49,11 +49,6 @@ def upscale(pipe: Any, image: Image.Image | None = None, **overrides: Any) -> np
     result = pipe(image if image is not None else case2_lr(), **{**CASE2, **overrides})
     torch.cuda.synchronize()
     return np.asarray(result.images[0])
-
-
-def psnr(first: np.ndarray, second: np.ndarray) -> float:
-    error = float(np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2))
-    return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
 
 
 @contextlib.contextmanager

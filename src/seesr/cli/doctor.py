@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import time
@@ -359,11 +358,10 @@ def check_image(seed: int = CHECK_SEED) -> Any:
 
 
 def psnr(first: Any, second: Any) -> float:
-    """PSNR (dB) between two uint8 images; inf when identical."""
-    import numpy as np
+    """PSNR (dB, peak 255, all RGB channels) between two uint8 images; inf when identical."""
+    from seesr.evaluation.metrics import calculate_psnr
 
-    error = float(np.mean((first.astype(np.float64) - second.astype(np.float64)) ** 2))
-    return math.inf if error == 0 else 10 * math.log10(255.0**2 / error)
+    return calculate_psnr(first, second, test_y_channel=False)
 
 
 @contextlib.contextmanager
