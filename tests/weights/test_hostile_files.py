@@ -160,3 +160,25 @@ def test_truncated_tagger_weights_say_delete_and_download(tmp_path, converted_ta
 def test_the_converted_tagger_still_loads(converted_tagger):
     tagger = load_tagger(converted_tagger)
     assert not tagger.training and not any(t.is_meta for t in (*tagger.parameters(), *tagger.buffers()))
+
+
+@pytest.mark.parametrize(
+    ("component", "file", "changes", "named"),
+    [
+        ("VAE", "vae/config.json", {"block_out_channels": [16, 16, 32, 10**9]}, "'block_out_channels' = 1000000000"),
+        ("text encoder", "text_encoder/config.json", {"num_hidden_layers": 10**6}, "'num_hidden_layers' = 1000000"),
+        ("scheduler", "scheduler/scheduler_config.json", {"num_train_timesteps": 10**10}, "10000000000"),
+    ],
+)
+def test_hostile_stock_component_config_is_refused(tmp_path, component, file, changes, named):
+    from seesr.weights.loading import ModelLoadError, load_components
+
+    root = tmp_path / "release"
+    shutil.copytree(TINY, root, ignore=shutil.ignore_patterns("pipeline_case*", "*_io.*", "*.png"))
+    config = root / file
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
+    with pytest.raises(ModelLoadError) as error:
+        load_components(root, load_tagger=False)
+    message = str(error.value)
+    assert "\n" not in message and f"cannot load the {component}" in message
+    assert str(config) in message and named in message

@@ -16,7 +16,14 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from seesr.models.image_cross_attention import add_image_cross_attention
 from seesr.utils.limits import check_config_limits
 
-__all__ = ["UNET_CONFIG_LIMITS", "check_unet_config", "empty_seesr_model"]
+__all__ = [
+    "SCHEDULER_CONFIG_LIMITS",
+    "TEXT_ENCODER_CONFIG_LIMITS",
+    "UNET_CONFIG_LIMITS",
+    "VAE_CONFIG_LIMITS",
+    "check_unet_config",
+    "empty_seesr_model",
+]
 
 ModelT = TypeVar("ModelT", UNet2DConditionModel, ControlNetModel)
 
@@ -74,3 +81,25 @@ def empty_seesr_model(
     if fresh_rca:
         add_image_cross_attention(model, image_cross_attention_dim)
     return model
+
+
+#: Upper bounds of the stock parts' configs (SD-2: VAE 128..512 channels; OpenCLIP-H text encoder 1024 x 23 layers).
+VAE_CONFIG_LIMITS: dict[str, int] = {
+    "block_out_channels": 8192,
+    "layers_per_block": 16,
+    "in_channels": 64,
+    "out_channels": 64,
+    "latent_channels": 64,
+    "norm_num_groups": 1024,
+    "sample_size": 8192,
+}
+TEXT_ENCODER_CONFIG_LIMITS: dict[str, int] = {
+    "hidden_size": 16384,
+    "intermediate_size": 65536,
+    "num_hidden_layers": 128,
+    "num_attention_heads": 256,
+    "max_position_embeddings": 4096,
+    "vocab_size": 1_000_000,
+    "projection_dim": 16384,
+}
+SCHEDULER_CONFIG_LIMITS: dict[str, int] = {"num_train_timesteps": 100_000}

@@ -15,6 +15,7 @@ Guards against the silent traps found during the parity check (PARITY-NOTES §2-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -38,10 +39,30 @@ def _wrap(component: str, path: Path, error: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load the {component} from {path}: {error}")
 
 
+def _check_config(component: str, path: Path, limits: dict[str, int]) -> None:
+    """Refuse a component config with insane sizes (a hostile ``config.json``) before the library builds from it."""
+    from seesr.utils.limits import ConfigLimitError, check_config_limits
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the {component}: {path} is not readable JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"cannot load the {component}: {path} does not hold a JSON object")
+    try:
+        check_config_limits(config, limits, source=path)
+    except ConfigLimitError as error:
+        raise ModelLoadError(f"cannot load the {component}: {error}") from None
+
+
 def load_scheduler(folder: Path) -> Any:
     """``DDPMScheduler`` from a scheduler folder, whatever class its config names."""
     from diffusers import DDPMScheduler
 
+    from seesr.models.limits import SCHEDULER_CONFIG_LIMITS
+
+    if (folder / "scheduler_config.json").is_file():
+        _check_config("scheduler", folder / "scheduler_config.json", SCHEDULER_CONFIG_LIMITS)
     try:
         config = DDPMScheduler.load_config(str(folder))
         return DDPMScheduler.from_config(config)
@@ -52,6 +73,9 @@ def load_scheduler(folder: Path) -> Any:
 def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from transformers import CLIPTextModel
 
+    from seesr.models.limits import TEXT_ENCODER_CONFIG_LIMITS
+
+    _check_config("text encoder", folder / "config.json", TEXT_ENCODER_CONFIG_LIMITS)
     try:
         model = CLIPTextModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     except Exception as error:
@@ -88,6 +112,9 @@ def load_tokenizer(folder: Path, vocab_size: int) -> Any:
 def load_vae(folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from diffusers import AutoencoderKL
 
+    from seesr.models.limits import VAE_CONFIG_LIMITS
+
+    _check_config("VAE", folder / "config.json", VAE_CONFIG_LIMITS)
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
     except Exception as error:
