@@ -126,3 +126,138 @@ def test_written_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+# --- EXIF orientation on every reader path (issue 13 item 5) --------------------------------------------------------
+
+ROTATE_CW = 6  # EXIF orientation 6: shown rotated 90 degrees clockwise
+
+
+def _exif_bytes(orientation: int = ROTATE_CW) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _png_with_exif_chunk(png: bytes, orientation: int = ROTATE_CW) -> bytes:
+    """Insert an ``eXIf`` chunk after IHDR (how cameras and editors store EXIF in a PNG; OpenCV cannot write it)."""
+    import struct
+    import zlib
+
+    payload = _exif_bytes(orientation).removeprefix(b"Exif\x00\x00")
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload) & 0xFFFFFFFF)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _upright(array: np.ndarray) -> np.ndarray:
+    """What a viewer shows for orientation 6: the stored pixels rotated 90 degrees clockwise."""
+    return np.rot90(array, k=-1).copy()
+
+
+def _pattern(height: int = 6, width: int = 10, channels: int = 3, dtype=np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    high = 65535 if dtype == np.uint16 else 255
+    return rng.integers(0, high + 1, (height, width, channels), dtype=np.int64).astype(dtype)
+
+
+def _as_8bit(array16: np.ndarray) -> np.ndarray:
+    return (array16.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+
+
+def test_exif_orientation_8bit_rgb_and_rgba_png(tmp_path):
+    colour = _pattern()
+    Image.fromarray(colour).save(tmp_path / "rgb.png", exif=_exif_bytes())
+    loaded = load_image(tmp_path / "rgb.png")
+    assert loaded.size == (6, 10) and np.array_equal(np.asarray(loaded.rgb), _upright(colour))
+    rgba = _pattern(channels=4)
+    rgba[..., 3] = np.arange(10, dtype=np.uint8)[None, :] * 20  # alpha ramp along the long side
+    Image.fromarray(rgba).save(tmp_path / "rgba.png", exif=_exif_bytes())
+    loaded = load_image(tmp_path / "rgba.png")
+    assert np.array_equal(np.asarray(loaded.rgb), _upright(rgba[..., :3]))
+    assert np.array_equal(np.asarray(loaded.alpha), _upright(rgba[..., 3]))
+
+
+def test_exif_orientation_16bit_rgb_png(tmp_path):
+    """Failed before: the exact 16-bit re-read (OpenCV) replaced the rotated colour with the unrotated one."""
+    cv2 = pytest.importorskip("cv2")
+    colour = _pattern(dtype=np.uint16)
+    ok, encoded = cv2.imencode(".png", colour[..., ::-1])
+    assert ok
+    (tmp_path / "rgb16.png").write_bytes(_png_with_exif_chunk(encoded.tobytes()))
+    loaded = load_image(tmp_path / "rgb16.png")
+    assert loaded.size == (6, 10)
+    assert np.array_equal(np.asarray(loaded.rgb), _upright(_as_8bit(colour)))
+
+
+def test_exif_orientation_16bit_rgba_png_turns_colour_and_alpha_together(tmp_path):
+    """Failed before: the alpha was rotated, the colour was not, and the two were stitched together."""
+    cv2 = pytest.importorskip("cv2")
+    rgba = _pattern(channels=4, dtype=np.uint16)
+    rgba[..., 3] = np.arange(10, dtype=np.uint16)[None, :] * 7000
+    ok, encoded = cv2.imencode(".png", rgba[..., [2, 1, 0, 3]])
+    assert ok
+    (tmp_path / "rgba16.png").write_bytes(_png_with_exif_chunk(encoded.tobytes()))
+    loaded = load_image(tmp_path / "rgba16.png")
+    assert np.array_equal(np.asarray(loaded.rgb), _upright(_as_8bit(rgba[..., :3])))
+    alpha = np.asarray(loaded.alpha).astype(int)
+    assert np.abs(alpha - _upright(_as_8bit(rgba[..., 3])).astype(int)).max() <= 1  # Pillow's own 16->8 rounding
+
+
+def test_exif_orientation_palette_with_transparency(tmp_path):
+    palette_image = Image.fromarray(_pattern()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette_image.info["transparency"] = 0
+    palette_image.save(tmp_path / "p.png", exif=_exif_bytes(), transparency=0)
+    stored = Image.open(tmp_path / "p.png").convert("RGBA")
+    loaded = load_image(tmp_path / "p.png")
+    assert loaded.size == (6, 10) and loaded.alpha is not None
+    assert np.array_equal(np.asarray(loaded.rgb), _upright(np.asarray(stored)[..., :3]))
+    assert np.array_equal(np.asarray(loaded.alpha), _upright(np.asarray(stored)[..., 3]))
+
+
+def test_exif_orientation_grayscale_8_and_16bit(tmp_path):
+    gray = _pattern(channels=1)[..., 0]
+    Image.fromarray(gray).save(tmp_path / "g.png", exif=_exif_bytes())
+    assert np.array_equal(np.asarray(load_image(tmp_path / "g.png").rgb)[..., 0], _upright(gray))
+    gray16 = _pattern(channels=1, dtype=np.uint16)[..., 0]
+    Image.fromarray(gray16).save(tmp_path / "g16.png", exif=_exif_bytes())
+    loaded = load_image(tmp_path / "g16.png")
+    assert loaded.size == (6, 10)
+    assert np.array_equal(np.asarray(loaded.rgb)[..., 0], _upright(_as_8bit(gray16)))
+
+
+def test_exif_orientation_cmyk_jpeg(tmp_path):
+    Image.fromarray(_pattern(60, 100)).convert("CMYK").save(tmp_path / "c.jpg", exif=_exif_bytes(), quality=95)
+    stored = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB"))
+    loaded = load_image(tmp_path / "c.jpg")
+    assert loaded.source_mode == "CMYK" and loaded.size == (60, 100)
+    assert np.array_equal(np.asarray(loaded.rgb), _upright(stored))
+
+
+# --- GIF / multi-page files and symbolic links in folders (issue 13 item 8) -----------------------------------------
+
+
+def test_animated_gif_and_multipage_tiff_use_the_first_frame_and_say_so(tmp_path):
+    frames = [Image.new("RGB", (8, 6), (value, 0, 0)) for value in (250, 10, 100)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    files, problems = iter_image_files([tmp_path])
+    assert [f.name for f in files] == ["anim.gif", "pages.tif"] and problems == []  # .gif was skipped silently
+    for name in ("anim.gif", "pages.tif"):
+        loaded = load_image(tmp_path / name)
+        assert loaded.frames == 3 and "3 frames; only the first is used" in loaded.note and name in loaded.note
+        assert np.asarray(loaded.rgb)[0, 0, 0] > 200  # frame 1, not a later one
+    assert load_image(tmp_path / "pages.tif").rgb.size == (8, 6)
+
+
+def test_symlink_loops_and_broken_links_are_reported(tmp_path):
+    _photo().save(tmp_path / "good.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    files, problems = iter_image_files([tmp_path])
+    assert [f.name for f in files] == ["good.png"]
+    assert any("loop.png: symlink loop" in problem for problem in problems), problems
+    assert any("gone.jpg: broken symlink" in problem for problem in problems), problems
+    files, problems = iter_image_files([tmp_path / "loop.png"])
+    assert files == [] and problems == [f"{tmp_path / 'loop.png'}: symlink loop"]

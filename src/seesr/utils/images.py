@@ -9,6 +9,7 @@ never leaves a partial image behind, and it refuses to overwrite the input it wa
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import warnings
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000
 
 
@@ -35,6 +36,8 @@ class LoadedImage:
     rgb: Image.Image
     alpha: Image.Image | None = None
     source_mode: str = "RGB"
+    frames: int = 1  # > 1: an animated GIF/PNG/WebP or a multi-page TIFF, of which only frame 1 is used
+    note: str = ""  # a line for the user when something was left out (the other frames)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -56,7 +59,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def _read_16bit_png_rgb(path: Path) -> Image.Image | None:
-    """Pillow opens 16-bit RGB(A) PNGs as 8-bit by dropping low bits on some versions; OpenCV reads them exactly."""
+    """Pillow opens 16-bit RGB(A) PNGs as 8-bit by dropping low bits on some versions; OpenCV reads them exactly.
+
+    ``IMREAD_UNCHANGED`` does not apply the EXIF orientation: :func:`load_image` applies it once, to colour and
+    alpha together, whichever reader produced them.
+    """
     try:
         import cv2  # optional dependency (train extra)
     except ImportError:
@@ -64,27 +71,44 @@ def _read_16bit_png_rgb(path: Path) -> Image.Image | None:
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None or data.dtype != np.uint16 or data.ndim != 3:
         return None
-    data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGB if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return Image.fromarray((data.astype(np.float64) / 257.0 + 0.5).astype(np.uint8))
 
 
-def load_image(
-    source: str | os.PathLike | Image.Image, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
-) -> LoadedImage:
-    """Open ``source`` and return it as 8-bit RGB (+ alpha); raise :class:`ImageReadError` with a clear message."""
-    path = None if isinstance(source, Image.Image) else Path(source)
-    label = str(path) if path is not None else "<image>"
-    if path is not None:
-        if not path.exists():
-            raise ImageReadError(f"{label}: no such file")
-        if path.is_dir():
-            raise ImageReadError(f"{label}: is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageReadError(f"{label}: empty file (0 bytes)")
+#: EXIF orientation (tag 0x0112) -> the transposition that shows the image upright (as ``ImageOps.exif_transpose``)
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image`` (1 = upright, also when there is no or an unreadable EXIF block)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not make the image unreadable
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATIONS else 1
+
+
+def apply_orientation(image: Image.Image | None, orientation: int) -> Image.Image | None:
+    """``image`` turned upright for an EXIF ``orientation`` (None stays None)."""
+    if image is None or orientation not in _ORIENTATIONS:
+        return image
+    return image.transpose(_ORIENTATIONS[orientation])
+
+
+def _open_checked(source: str | os.PathLike | Image.Image, label: str, max_pixels: int | None) -> Image.Image:
+    """Open and decode (frame 1 of) ``source``; every failure becomes an :class:`ImageReadError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = source if isinstance(source, Image.Image) else Image.open(path)
+            image = source if isinstance(source, Image.Image) else Image.open(source)
             width, height = image.size
             if width == 0 or height == 0:
                 raise ImageReadError(f"{label}: image has zero size ({width}x{height})")
@@ -94,7 +118,6 @@ def load_image(
                     "(raise it with --max-input-pixels)"
                 )
             image.load()  # decode now so truncated/corrupt data fails here, not later
-            image = ImageOps.exif_transpose(image)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -103,30 +126,83 @@ def load_image(
         raise ImageReadError(f"{label}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{label}: cannot read image ({error})") from None
+    return image
 
-    source_mode = image.mode
-    alpha = None
+
+def _split_colour_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """8-bit RGB and 8-bit alpha (None when there is none or it is fully opaque), as stored (not rotated)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        rgb = _to_8bit(image).convert("RGB")
-    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return _to_8bit(image).convert("RGB"), None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         alpha = rgba.getchannel("A")
-        rgb = rgba.convert("RGB")
-        if alpha.getextrema() == (255, 255):
-            alpha = None  # fully opaque: no need to carry it
-    elif image.mode == "CMYK":
-        rgb = image.convert("RGB")
-    else:
-        rgb = image.convert("RGB")
+        return rgba.convert("RGB"), None if alpha.getextrema() == (255, 255) else alpha
+    return image.convert("RGB"), None  # RGB, L, P, CMYK (Pillow's CMYK -> RGB), YCbCr, ...
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
+) -> LoadedImage:
+    """Open ``source`` and return it as 8-bit RGB (+ alpha); raise :class:`ImageReadError` with a clear message.
+
+    1. check the file (exists, not a folder, not empty) and the pixel limit, decode frame 1;
+    2. split it into 8-bit colour and alpha (16-bit RGB(A) PNG colour re-read exactly by OpenCV);
+    3. apply the EXIF orientation once, to colour and alpha together, whichever reader was used;
+    4. note an animated or multi-page file (only its first frame is used) in ``LoadedImage.note``.
+    """
+    path = None if isinstance(source, Image.Image) else Path(source)
+    label = str(path) if path is not None else "<image>"
+    if path is not None:
+        if not path.exists():
+            raise ImageReadError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageReadError(f"{label}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{label}: empty file (0 bytes)")
+    image = _open_checked(path if path is not None else source, label, max_pixels)
+    source_mode = image.mode
+    rgb, alpha = _split_colour_alpha(image)
     if path is not None and path.suffix.lower() == ".png" and source_mode in ("RGB", "RGBA"):
         exact = _read_16bit_png_rgb(path)
-        if exact is not None:
-            rgb = exact.convert("RGB")
-    return LoadedImage(path=path, rgb=rgb, alpha=alpha, source_mode=source_mode)
+        if exact is not None and exact.size == rgb.size:
+            rgb = exact
+    orientation = exif_orientation(image)
+    rgb, alpha = apply_orientation(rgb, orientation), apply_orientation(alpha, orientation)
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    note = f"{label}: {frames} frames; only the first is used" if frames > 1 else ""
+    return LoadedImage(path=path, rgb=rgb, alpha=alpha, source_mode=source_mode, frames=frames, note=note)
+
+
+def _unresolvable_link(path: Path) -> str | None:
+    """Why ``path`` (a symbolic link) leads nowhere: "symlink loop" or "broken symlink"; None when it resolves."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "symlink loop"
+    except OSError as error:
+        return "symlink loop" if error.errno == errno.ELOOP else "broken symlink (its target does not exist)"
+    return None
+
+
+def _folder_images(folder: Path, problems: list[str]) -> list[Path]:
+    """The images of ``folder`` (by extension, sorted, not recursive); links that lead nowhere are reported."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            reason = _unresolvable_link(entry)
+            if reason is not None:
+                problems.append(f"{entry}: {reason}")
+                continue
+        if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(entry)
+    return found
 
 
 def iter_image_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (non-recursive, sorted) and glob patterns; return (files, problems)."""
+    """Expand files, folders (non-recursive, sorted) and glob patterns; return (files, problems).
+
+    A symbolic link that loops or leads nowhere is a problem (one line naming it), never skipped silently.
+    """
     import glob
 
     files: list[Path] = []
@@ -135,12 +211,14 @@ def iter_image_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], l
         item = str(item)
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = _folder_images(path, problems)
             if not found:
                 problems.append(f"{item}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend(found)
         elif path.exists():
             files.append(path)
+        elif path.is_symlink():
+            problems.append(f"{item}: {_unresolvable_link(path) or 'cannot be read'}")
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
             if not matches:
