@@ -36,8 +36,8 @@ def _tiny_ram_configs(monkeypatch):
 
     real = resolve.resolve_default
 
-    def with_tiny_configs(revisions=None):
-        location = real(revisions)
+    def with_tiny_configs(*args, **kwargs):
+        location = real(*args, **kwargs)
         location.ram_config_dir = TINY / "ram" / "configs"
         return location
 

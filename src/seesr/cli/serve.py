@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 
+from seesr.cli.convert import add_no_verify_argument, resolve_for_loading
 from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_USAGE, CLIError
 
@@ -47,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "on first use)",
     )
     add_no_download_argument(parser)
+    add_no_verify_argument(parser)
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -177,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
-        pipeline = SeeSRPipeline.from_pretrained(args.model, device=device, dtype=dtype, load_tagger=True)
+        pipeline = SeeSRPipeline.from_pretrained(
+            resolve_for_loading(args), device=device, dtype=dtype, load_tagger=True
+        )
     except (MissingWeightsError, ModelLoadError) as error:
         raise CLIError(str(error)) from None
     if fast_config is not None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seesr.cli.convert import add_no_verify_argument, resolve_for_loading
 from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
 
@@ -77,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(`seesr convert`); default: the files fetched by `seesr download` (downloaded on first use)",
     )
     add_no_download_argument(parser)
+    add_no_verify_argument(parser)
     parser.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default: 4)")
     parser.add_argument(
         "--steps", type=_positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
@@ -368,7 +370,7 @@ def _run(
     try:
         # offloading starts from the CPU: the whole model never has to fit on the GPU at once
         pipe = SeeSRPipeline.from_pretrained(
-            args.model, device="cpu" if args.offload else device, dtype=dtype, load_tagger=True
+            resolve_for_loading(args), device="cpu" if args.offload else device, dtype=dtype, load_tagger=True
         )
         if args.turbo or args.turbo_model is not None:
             from seesr.pipeline.turbo import load_turbo_pipeline

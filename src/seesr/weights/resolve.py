@@ -139,8 +139,11 @@ def is_bundle(folder: Path) -> bool:
         return False
 
 
-def resolve_bundle(folder: Path) -> ModelLocation:
-    """Check a converted bundle and return its component folders."""
+def resolve_bundle(folder: Path, verify: bool = True) -> ModelLocation:
+    """Check a converted bundle (its files against its manifest: sha256 unless ``verify=False``, sizes always) and
+    return its component folders."""
+    from seesr.weights.manifest import verify_manifest
+
     missing = _sd_missing(folder, "")
     for name in ("unet", "controlnet"):
         missing += _model_files_missing(folder / name, name, ("diffusion_pytorch_model.safetensors",))
@@ -156,6 +159,7 @@ def resolve_bundle(folder: Path) -> ModelLocation:
             f"{folder} is an incomplete converted SeeSR bundle; missing: {', '.join(missing)}. "
             "Re-create it with `seesr convert SRC OUT`."
         )
+    verify_manifest(folder, hashes=verify)
     return ModelLocation(
         kind="bundle",
         description=f"converted bundle {folder}",
@@ -346,11 +350,11 @@ def find_cached(
     return found, missing
 
 
-def resolve_default(revisions: dict[str, str] | None = None) -> ModelLocation:
+def resolve_default(revisions: dict[str, str] | None = None, verify: bool = True) -> ModelLocation:
     """(c): ``$SEESR_HOME/bundle`` if it is a converted bundle, else the catalog files in the Hugging Face cache."""
     bundle = default_bundle_dir()
     if is_bundle(bundle):
-        return resolve_bundle(bundle)
+        return resolve_bundle(bundle, verify)
     cache_dir = hf_cache_dir()
     pins = pinned_revisions(revisions)
     cached, missing = find_cached(CATALOG, revisions, cache_dir)
@@ -379,19 +383,23 @@ def resolve_default(revisions: dict[str, str] | None = None) -> ModelLocation:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def resolve_model(model: str | os.PathLike | None = None, revisions: dict[str, str] | None = None) -> ModelLocation:
+def resolve_model(
+    model: str | os.PathLike | None = None, revisions: dict[str, str] | None = None, verify: bool = True
+) -> ModelLocation:
     """Locate every component of a SeeSR model (see the module docstring for the three forms).
+
+    ``verify=False`` (``--no-verify``) skips hashing a converted bundle's files against its manifest.
 
     Raises:
         MissingWeightsError: the folder does not exist, is not a SeeSR model, or files are missing (listed).
     """
     if model is None or str(model) == "":
-        return resolve_default(revisions)
+        return resolve_default(revisions, verify)
     folder = Path(model).expanduser()
     if not folder.exists():
         raise MissingWeightsError(f"model folder {folder} does not exist")
     if not folder.is_dir():
         raise MissingWeightsError(f"--model expects a folder, {folder} is a file")
     if is_bundle(folder):
-        return resolve_bundle(folder)
+        return resolve_bundle(folder, verify)
     return resolve_release(folder)
