@@ -55,3 +55,18 @@ def test_degrade_options(inputs, tmp_path, capsys):
     assert "--crop must be at least 16" in capsys.readouterr().err
     assert main(["degrade", str(tmp_path / "missing.png"), "-o", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_bad_output_folder_is_refused_before_any_work(inputs, tmp_path, capsys):
+    """Issue 19 D7 for degrade: `-o` under a regular file failed once per image, after degrading each of them."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    assert main(["degrade", str(inputs), "-o", str(blocker / "lr"), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out  # nothing was degraded
+    assert [line for line in captured.err.splitlines() if line] == [
+        f"seesr degrade: error: {blocker / 'lr'}: cannot create the folder (Not a directory); choose another -o"
+    ]
+    assert main(["degrade", str(inputs), "-o", str(blocker), "--device", "cpu"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "mine"

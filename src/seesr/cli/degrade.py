@@ -9,6 +9,7 @@ different degradations.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -21,9 +22,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "degrade",
         help="synthesise low-resolution training inputs from your images (Real-ESRGAN degradation)",
         description=(
-            "Degrade images with SeeSR's training degradation (USM-sharpened GT -> blur, resize, noise, JPEG, "
-            "twice -> sinc) and write the LR PNGs. Deterministic: the same image, name and --seed give the same LR."
+            "Degrade your own high-resolution images the way SeeSR's training inputs are made, to see what the model "
+            "learns to undo or to make test inputs: each image is sharpened (unsharp mask, as the training targets "
+            "are), then blurred, resized, noised and JPEG-compressed twice and sinc-filtered (Real-ESRGAN's "
+            "second-order degradation), and written at 1/SCALE of its size as OUTDIR/NAME.png. Deterministic: the "
+            "same image, file name and --seed give the same result; different names get different degradations."
         ),
+        epilog="example: seesr degrade photos/ -o lr/ --seed 1 --save-gt",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the LR PNGs")
@@ -32,9 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--preset",
         default="seesr",
         choices=("seesr", "realesrgan"),
-        help="degradation settings: seesr (SeeSR's data scripts, default) or realesrgan (same, LR rounded to 8 bit)",
+        help="degradation settings: seesr (SeeSR's data scripts; default) or realesrgan (the same, with the final "
+        "LR rounded to 8 bit in the tensor as Real-ESRGAN's training does; the PNGs are 8-bit either way)",
     )
-    parser.add_argument("--scale", type=int, default=4, help="down-scaling factor (default: 4)")
+    parser.add_argument("--scale", type=int, default=4, help="down-scaling factor (default: 4, as SeeSR)")
     parser.add_argument(
         "--count", type=int, default=1, help="LR variants per image, written as NAME_1.png ... (default: 1)"
     )
@@ -46,7 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--save-gt", action="store_true", help="also write the sharpened GT as NAME_gt.png")
     parser.add_argument("--no-sharpen", action="store_true", help="degrade the image as is (skip the GT sharpening)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto, the GPU when there is one)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -63,6 +71,19 @@ def _require_scipy() -> None:
         raise CLIError(
             "the degradation needs scipy; install the training extra: pip install 'seesr[train]'", EXIT_FAILURE
         ) from None
+
+
+def _output_folder(output: Path) -> Path:
+    """Make sure OUTDIR is a writable folder before any work (one line naming it otherwise)."""
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"{output}: exists and is not a folder; choose another -o", EXIT_USAGE)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CLIError(f"{output}: cannot create the folder ({error.strerror or error}); choose another -o") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise CLIError(f"{output}: the folder is not writable; choose another -o")
+    return output
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,9 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"seesr degrade: {problem}", file=sys.stderr)  # noqa: T201
     if not files:
         raise CLIError("no input images", EXIT_USAGE if problems else EXIT_FAILURE)
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"{output}: exists and is not a folder", EXIT_USAGE)
+    output = _output_folder(Path(args.output))
 
     failures = len(problems)
     written = 0
@@ -119,11 +138,14 @@ def run(args: argparse.Namespace) -> int:
                 if args.save_gt:
                     save_image_atomic(tensor_to_pil(gt[0]), output / f"{path.stem}{suffix}_gt.png", protected=files)
                 written += 1
-        except (ImageReadError, FileExistsError, OSError) as error:
+        except ImageReadError as error:  # its message names the file
             failures += 1
             print(f"seesr degrade: {error}", file=sys.stderr)  # noqa: T201
-        except torch.cuda.OutOfMemoryError:
+        except OSError as error:
             failures += 1
-            print(f"seesr degrade: {path}: out of GPU memory (try --crop 512 or --device cpu)", file=sys.stderr)  # noqa: T201
+            print(f"seesr degrade: {path}: {error.strerror or error}", file=sys.stderr)  # noqa: T201
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            failures += 1
+            print(f"seesr degrade: {path}: out of memory (try --crop 512 or a smaller image)", file=sys.stderr)  # noqa: T201
     print(f"wrote {written} LR image(s) to {output}" + (f"; {failures} problem(s)" if failures else ""))  # noqa: T201
     return EXIT_FAILURE if failures else EXIT_OK
