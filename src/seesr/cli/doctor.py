@@ -503,7 +503,8 @@ def _weights_lines(weights: dict[str, Any]) -> list[str]:
 def _check_lines(check: dict[str, Any]) -> list[str]:
     lines = [
         f"check on {check['device']}: tiny random models (seed {check['seed']}), "
-        f"{check['num_inference_steps']} steps, CFG {check['guidance_scale']}, latent tiles {check['latent_tile_size']}"
+        f"{check['num_inference_steps']} steps, CFG {check['guidance_scale']}, latent tiles {check['latent_tile_size']}; "
+        "time per step = the whole second call (DAPE, VAE included) / steps"
     ]
     if "exact" in check:
         exact = check["exact"]
