@@ -175,12 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seesr",
         description=(
             "SeeSR: semantics-aware real-world image super-resolution (CVPR 2024). "
-            "Upscale photos with `seesr upscale`, look at the DAPE tags with `seesr tag`, "
+            "Upscale photos with `seesr upscale photo.jpg` (the first run downloads the official weights, about "
+            "12 GB; `--model FOLDER` uses files you already have), see the tags it prompts with using `seesr tag`, "
             "fetch the weights ahead of time with `seesr download`. "
             "Run `seesr COMMAND --help` for the options of a command."
         ),
-        epilog="Output is quiet by default: seesr's own progress bars and messages only; -v shows everything. "
-        "Errors are one line naming the file and the fix; --debug adds the traceback.",
+        epilog="Output is quiet by default: seesr's own progress bars and messages only; -v also shows the other "
+        "libraries' logs, loading bars and warnings. An error is one line naming the file and the fix (--debug adds "
+        "the traceback); `seesr doctor` prints what a bug report needs.",
     )
     parser.add_argument("--version", action="version", version=f"seesr {__version__}")
     _add_global_flags(parser, suppress=False)
