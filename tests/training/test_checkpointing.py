@@ -288,3 +288,26 @@ def test_grad_scaler_state_round_trips(tmp_path):
     fresh = torch.amp.GradScaler("cpu")
     fresh.load_state_dict(checkpointing._read_state(tmp_path, "scaler"))
     assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 512.0
+
+
+def test_fsdp_checkpoints_need_the_pickle_opt_in_and_hostile_json_is_refused(tmp_path):
+    """A checkpoint marked as accelerate's own format (FSDP/DeepSpeed) is refused unless
+    train.allow_pickle_resume; a deeply nested JSON file is a one-line error, not a RecursionError."""
+    from seesr.training.config import ConfigError
+
+    run = tmp_path / "run"
+    saved_run(run)
+    folder = run / "checkpoint-3"
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    (folder / MANIFEST_NAME).write_text(json.dumps({**manifest, "layout": "accelerate"}))
+    with pytest.raises(TrainingError, match="allow_pickle_resume=true"):
+        find_resume_checkpoint(run, "latest")
+    assert find_resume_checkpoint(run, "latest", allow_pickle=True)[0] == folder
+    with pytest.raises(TrainingError, match="was written under FSDP/DeepSpeed"):
+        Toy(run).checkpointer.load(find_resume_checkpoint(run, "latest", allow_pickle=True), allow_pickle=True)
+
+    (folder / MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TrainingError, match=r"checkpoint\.json: not valid JSON"):
+        find_resume_checkpoint(run, "latest")
+    with pytest.raises(ConfigError, match="not a checkpoint-<step> folder"):
+        find_resume_checkpoint(run, str(tmp_path))

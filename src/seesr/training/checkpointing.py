@@ -171,7 +171,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"{path} is missing: the checkpoint is incomplete") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise TrainingError(f"{path}: not valid JSON, the checkpoint is corrupt ({error})") from None
 
 
