@@ -91,8 +91,14 @@ def _fake_hub_file(cache: Path, repo_id: str, filename: str, source: Path) -> Pa
 
 
 def test_default_location_reads_the_hugging_face_cache(tmp_path, monkeypatch):
+    from seesr.weights.catalog import files_for
+    from tests.weights.hub_server import catalogue_override
+
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # the tiny RAM/DAPE stand in for the official files: their sha256/size replace the catalogue's (weights lock)
+    override = catalogue_override(files_for("ram"), TINY, tmp_path / "catalogue-override.json")
+    monkeypatch.setenv("SEESR_CATALOG_OVERRIDE", str(override))
     with pytest.raises(TaggerNotFoundError, match="ram_swin_large_14m.pth"):
         default_tagger_source()
     ram = _fake_hub_file(cache, "xinyu1205/recognize_anything_model", "ram_swin_large_14m.pth", RAM_PTH)

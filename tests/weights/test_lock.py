@@ -37,8 +37,9 @@ def test_first_load_locks_every_file_with_commit_and_sha256(locked_cache):
 
     lock = json.loads(weights_lock.lock_path().read_text())
     assert lock["version"] == 1 and len(lock["files"]) == len(CATALOG)
-    record = lock["files"]["CSWRY/SeeSR/DAPE.pth"]
+    record = weights_lock.read_lock()["CSWRY/SeeSR/DAPE.pth"]
     assert record["repo"] == "CSWRY/SeeSR" and record["commit"] == FAKE_COMMIT
+    assert record["cache"] == str(locked_cache.resolve())
     assert record["sha256"] == hashlib.sha256((TINY / "ram" / "DAPE.pth").read_bytes()).hexdigest()
 
 

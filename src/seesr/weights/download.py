@@ -90,10 +90,11 @@ def _describe(remote: RemoteFile) -> str:
 
 
 def _remove_cached(path: Path) -> None:
-    """Delete a cached file: the snapshot link and the blob it points to."""
+    """Delete a cached file: the snapshot link and the blob it points to (only a blob inside the cache)."""
     blob = path.resolve()
     path.unlink(missing_ok=True)
-    if blob != path:
+    cache = hf_cache_dir().resolve()
+    if blob != path and blob.parent.name == "blobs" and blob.is_relative_to(cache):
         blob.unlink(missing_ok=True)
 
 

@@ -1,11 +1,11 @@
 """The weights lock: which commit and which sha256 every downloaded file had, checked on every later load.
 
-``seesr download`` (and the first-use download) writes ``$SEESR_HOME/weights-lock.json``::
+``seesr download`` (and the first-use download) writes ``$SEESR_HOME/weights-lock.json``, one record per file of
+each Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``) it fetched into::
 
     {"version": 1,
-     "files": {"CSWRY/SeeSR/DAPE.pth": {"repo": "CSWRY/SeeSR", "filename": "DAPE.pth",
-                                        "commit": "<40 hex>", "sha256": "<64 hex>", "size": 7190000,
-                                        "stat": [size, mtime_ns, inode]}}}
+     "files": [{"cache": "/home/me/.cache/huggingface/hub", "repo": "CSWRY/SeeSR", "filename": "DAPE.pth",
+                "commit": "<40 hex>", "sha256": "<64 hex>", "size": 7190000, "stat": [size, mtime_ns, inode]}, ...]}
 
 Loads take each repository at its locked commit (unless a revision is pinned with ``--revision`` or a
 ``SEESR_*_REVISION`` variable, which must then agree with the lock) and refuse a file whose size or sha256 changed,
@@ -55,47 +55,66 @@ def key_of(entry: WeightFile) -> str:
     return f"{entry.repo_id}/{entry.filename}"
 
 
-def read_lock(path: Path | None = None) -> dict[str, dict]:
-    """The locked records by ``REPO/FILENAME`` (empty when there is no lock yet)."""
-    path = path or lock_path()
+def _read_all(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return []
     except (OSError, ValueError) as error:
         raise MissingWeightsError(
             f"{path}: unreadable weights lock ({error}); delete it and run `seesr download`"
         ) from None
-    return dict(data.get("files", {})) if isinstance(data, dict) else {}
+    files = data.get("files", []) if isinstance(data, dict) else []
+    return [record for record in files if isinstance(record, dict)] if isinstance(files, list) else []
 
 
-def write_lock(records: Iterable[dict], path: Path | None = None) -> None:
-    """Merge ``records`` into the lock and write it atomically (best effort on a read-only home)."""
-    path = path or lock_path()
-    records = list(records)
-    if not records:
-        return
-    files = read_lock(path)
-    for record in records:
-        files[f"{record['repo']}/{record['filename']}"] = record
+def _write_all(records: list[dict], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-        temporary.write_text(json.dumps({"version": LOCK_VERSION, "files": files}, indent=1) + "\n", encoding="utf-8")
+        text = json.dumps({"version": LOCK_VERSION, "files": records}, indent=1) + "\n"
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     except OSError as error:
         logger.warning("could not write the weights lock %s: %s", path, error)
 
 
-def forget(repo_ids: Iterable[str], path: Path | None = None) -> None:
-    """Drop the records of ``repo_ids`` (a download at another pinned revision locks them again)."""
+def _cache() -> str:
+    from seesr.weights.resolve import hf_cache_dir
+
+    return str(hf_cache_dir().expanduser().resolve())
+
+
+def read_lock(path: Path | None = None) -> dict[str, dict]:
+    """The records of the current Hugging Face cache by ``REPO/FILENAME`` (empty when nothing is locked yet)."""
+    cache = _cache()
+    return {
+        f"{record.get('repo')}/{record.get('filename')}": record
+        for record in _read_all(path or lock_path())
+        if record.get("cache") == cache
+    }
+
+
+def write_lock(records: Iterable[dict], path: Path | None = None) -> None:
+    """Merge ``records`` (of the current cache) into the lock and write it atomically (best effort)."""
     path = path or lock_path()
-    repo_ids = set(repo_ids)
-    files = read_lock(path)
-    kept = {key: record for key, record in files.items() if record.get("repo") not in repo_ids}
-    if len(kept) != len(files):
-        path.unlink(missing_ok=True)
-        write_lock(kept.values(), path)
+    records = list(records)
+    if not records:
+        return
+    cache = _cache()
+    new = {(cache, record["repo"], record["filename"]): {**record, "cache": cache} for record in records}
+    kept = [r for r in _read_all(path) if (r.get("cache"), r.get("repo"), r.get("filename")) not in new]
+    _write_all(kept + list(new.values()), path)
+
+
+def forget(repo_ids: Iterable[str], path: Path | None = None) -> None:
+    """Drop the current cache's records of ``repo_ids`` (a download at another pinned revision locks them again)."""
+    path = path or lock_path()
+    cache, repo_ids = _cache(), set(repo_ids)
+    records = _read_all(path)
+    kept = [r for r in records if not (r.get("cache") == cache and r.get("repo") in repo_ids)]
+    if len(kept) != len(records):
+        _write_all(kept, path)
 
 
 def locked_commit(repo_id: str, lock: dict[str, dict]) -> str | None:
@@ -158,7 +177,7 @@ def check_cached(
     record = lock.get(key_of(entry))
     commit = snapshot_commit(path, entry) or ""
     name = f"{entry.repo_id}: {entry.filename}"
-    redownload = f"run `seesr download` to fetch it again (or delete {Path(path).resolve()})"
+    redownload = "run `seesr download` to fetch it again"
     if record is not None and record.get("commit") != commit:
         asked = f", and revision {pinned} was asked" if pinned else ""
         return (

@@ -40,7 +40,13 @@ from seesr.tagger.convert import (
 )
 from seesr.tagger.dape import DAPETagger, check_tagger_config
 from seesr.utils.limits import ConfigLimitError
-from seesr.weights.reader import WeightReadError, check_tensors, read_state_dict, read_tensor_specs
+from seesr.weights.reader import (
+    WeightReadError,
+    check_tensors,
+    read_json_config,
+    read_state_dict,
+    read_tensor_specs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +146,7 @@ def default_tagger_source() -> TaggerSource:
     """The default tagger, never downloading anything.
 
     A converted bundle's ``tagger/`` in ``$SEESR_HOME/bundle``, else the catalogue's RAM and DAPE files in the local
-    Hugging Face cache (pinned revisions honoured). Raises :class:`TaggerNotFoundError` naming the missing files
+    Hugging Face cache (pinned or locked revisions, checked against the weights lock). Raises :class:`TaggerNotFoundError` naming the missing files
     (repository, file, and where to put them) when the RAM checkpoint is not there.
     """
     from seesr.weights import catalog, resolve
@@ -149,15 +155,11 @@ def default_tagger_source() -> TaggerSource:
     if _is_pretrained_dir(bundle_tagger):
         return TaggerSource(pretrained_dir=bundle_tagger)
     cache_dir = resolve.hf_cache_dir()
-    pins = catalog.pinned_revisions()
-    found: dict[str, Path] = {}
-    missing = []
-    for entry in catalog.files_for("ram"):
-        path = resolve.cached_file(entry, pins.get(entry.repo_id), cache_dir)
-        if path is None:
-            missing.append(entry)
-        else:
-            found[Path(entry.target).name] = path
+    try:  # the weights lock's checks apply (seesr.weights.lock)
+        cached, missing = resolve.find_cached(catalog.files_for("ram"), cache_dir=cache_dir)
+    except resolve.MissingWeightsError as error:
+        raise TaggerNotFoundError(str(error)) from None
+    found = {Path(entry.target).name: path for entry, path in cached.items()}
     if RAM_CHECKPOINT_NAME not in found:
         raise TaggerNotFoundError(resolve.missing_files_message(missing, cache_dir))
     return TaggerSource(ram_path=found[RAM_CHECKPOINT_NAME], dape_path=found.get(DAPE_CHECKPOINT_NAME))
@@ -167,23 +169,13 @@ def default_tagger_source() -> TaggerSource:
 # loading
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot read the JSON config ({error})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: does not hold a JSON object")
-    return data
-
-
 def read_official_config(config_dir: str | os.PathLike) -> dict[str, Any]:
     """DAPETagger config values from RAM's config folder (``q2l_config.json``, ``swin/config_swinL_384.json``)."""
     config_dir = Path(config_dir)
     missing = [name for name in OFFICIAL_CONFIG_FILES if not (config_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{config_dir}: missing official RAM config files {', '.join(missing)}")
-    q2l, swin = (_read_json(config_dir / name) for name in OFFICIAL_CONFIG_FILES)
+    q2l, swin = (read_json_config(config_dir / name) for name in OFFICIAL_CONFIG_FILES)
     return official_config(q2l, swin, source=config_dir)
 
 
@@ -267,7 +259,7 @@ def load_pretrained_tagger(
     """
     folder = Path(folder)
     config_path = folder / "config.json"
-    model = _empty_tagger(_read_json(config_path), config_path)
+    model = _empty_tagger(read_json_config(config_path), config_path)
     weights = _pretrained_weights(folder)
     expected = model.state_dict()
     specs = read_tensor_specs(weights) if weights.suffix == ".safetensors" else read_state_dict(weights)
