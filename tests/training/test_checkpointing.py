@@ -97,7 +97,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_state_trees_round_trip_without_pickle():
+def test_state_trees_round_trip_without_pickle(tmp_path):
     state = {"state": {0: {"step": torch.tensor(3.0), "exp": torch.ones(2)}}, "groups": [{"betas": (0.9, 0.999)}]}
     state["nan"] = math.nan
     tensors: dict[str, torch.Tensor] = {}
@@ -105,6 +105,10 @@ def test_state_trees_round_trip_without_pickle():
     back = decode_state(tree, tensors)
     assert back["groups"][0]["betas"] == (0.9, 0.999) and list(back["state"]) == [0] and math.isnan(back["nan"])
     torch.testing.assert_close(back["state"][0]["exp"], torch.ones(2), rtol=0, atol=0)
+    quantised = {"state1": torch.arange(250, 256, dtype=torch.uint8), "absmax": torch.ones(2)}  # 8-bit Adam
+    checkpointing._write_state(tmp_path, "quantised", quantised)  # through the weight reader, which refuses uint8
+    back = checkpointing._read_state(tmp_path, "quantised")
+    assert back["state1"].dtype == torch.uint8 and back["state1"].tolist() == list(range(250, 256))
     with pytest.raises(TypeError, match="without pickle"):
         encode_state({"fn": print}, {})
     with pytest.raises(ValueError):

@@ -63,6 +63,8 @@ FORMAT_VERSION = 1
 NATIVE_LAYOUT = "accelerate"  # FSDP / DeepSpeed: accelerate's own files (pickle)
 SAFE_LAYOUT = "safetensors+json"
 MAX_JSON_BYTES = 64 << 20
+#: Integer dtypes the weight reader does not accept, stored widened to int32 (8-bit optimizer states).
+NARROW_INTEGER_DTYPES = ("uint8", "int8", "int16", "uint16")
 #: Files accelerate's ``save_state`` writes (earlier seesr versions); they load with pickle.
 LEGACY_PATTERNS = (
     "custom_checkpoint_*.pkl",
@@ -109,12 +111,18 @@ def load_trainable_state_dict(module: torch.nn.Module, state: dict[str, torch.Te
 
 def encode_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """A JSON-serialisable copy of ``value`` (dicts, lists, tuples, numbers, strings, None, tensors); every tensor is
-    moved into ``tensors`` under a fresh key and replaced by ``{"__tensor__": key}``. Dicts become
+    moved into ``tensors`` under a fresh key and replaced by ``{"__tensor__": key}`` (small integer types, such as the
+    uint8 states of 8-bit Adam, are stored as int32: ``{"__narrow__": [key, "uint8"]}``). Dicts become
     ``{"__dict__": [[key, value], ...]}`` (keys may be ints, as in optimizer states), tuples ``{"__tuple__": [...]}``.
     Anything else raises :class:`TypeError` (it could only be saved with pickle)."""
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = value.detach().to("cpu").contiguous()
+        tensor = value.detach().to("cpu").contiguous()
+        narrow = str(tensor.dtype).removeprefix("torch.")
+        if narrow in NARROW_INTEGER_DTYPES:
+            tensors[key] = tensor.to(torch.int32)
+            return {"__narrow__": [key, narrow]}
+        tensors[key] = tensor
         return {"__tensor__": key}
     if isinstance(value, dict):
         for key in value:
@@ -147,6 +155,8 @@ def decode_state(value: Any, tensors: dict[str, torch.Tensor], used: set[str] | 
             raise ValueError(f"tensor {body!r} is missing")
         used.add(body)
         return tensors[body]
+    if kind == "__narrow__" and isinstance(body, list) and len(body) == 2 and body[1] in NARROW_INTEGER_DTYPES:
+        return decode_state({"__tensor__": body[0]}, tensors, used).to(getattr(torch, body[1]))
     if kind == "__tuple__" and isinstance(body, list):
         return tuple(decode_state(item, tensors, used) for item in body)
     if kind == "__dict__" and isinstance(body, list):
