@@ -15,7 +15,6 @@ Guards against the silent traps found during the parity check (PARITY-NOTES §2-
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -42,16 +41,11 @@ def _wrap(component: str, path: Path, error: Exception) -> ModelLoadError:
 def _check_config(component: str, path: Path, limits: dict[str, int]) -> None:
     """Refuse a component config with insane sizes (a hostile ``config.json``) before the library builds from it."""
     from seesr.utils.limits import ConfigLimitError, check_config_limits
+    from seesr.weights.reader import WeightReadError, read_json_config
 
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ModelLoadError(f"cannot load the {component}: {path} is not readable JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"cannot load the {component}: {path} does not hold a JSON object")
-    try:
-        check_config_limits(config, limits, source=path)
-    except ConfigLimitError as error:
+        check_config_limits(read_json_config(path), limits, source=path)
+    except (ConfigLimitError, WeightReadError) as error:
         raise ModelLoadError(f"cannot load the {component}: {error}") from None
 
 

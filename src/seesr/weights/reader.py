@@ -19,6 +19,7 @@ file raises :class:`FileNotFoundError` naming it (callers that know the reposito
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,7 @@ __all__ = [
     "check_keys",
     "check_tensors",
     "file_sha256",
+    "read_json_config",
     "read_state_dict",
     "read_tensor_specs",
     "read_torch_object",
@@ -201,6 +203,19 @@ def read_torch_object(
     if sha256:
         verify_sha256(path, sha256)
     return _torch_load(path, device, mmap)
+
+
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a config file (``config.json``, an index, a scheduler config); a missing, unreadable or
+    non-object file raises :class:`WeightReadError` naming it (the config's values are the caller's to check)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise WeightReadError(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise WeightReadError(f"{path} does not hold a JSON object")
+    return data
 
 
 def read_tensor_specs(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:

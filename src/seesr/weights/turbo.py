@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from seesr.models import turbo as turbo_models
 from seesr.models.image_cross_attention import DEFAULT_IMAGE_CROSS_ATTENTION_DIM, get_image_cross_attention_dim
 from seesr.weights.catalog import LICENSES, TURBO_CATALOG, TURBO_REPO
+from seesr.weights.reader import read_json_config
 from seesr.weights.resolve import MissingWeightsError, cached_file
 from seesr.weights.unet import CheckpointError, load_seesr_unet
 
@@ -105,10 +105,5 @@ def turbo_scheduler(path: str | os.PathLike | None = None, **overrides: Any) -> 
         file = next((candidate for candidate in candidates if candidate.is_file()), None)
         if file is None:
             raise CheckpointError(f"no scheduler_config.json at {location}")
-        try:
-            stored = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise CheckpointError(f"{file}: cannot read the scheduler config ({error})") from None
-        if not isinstance(stored, dict):
-            raise CheckpointError(f"{file}: does not hold a JSON object")
+        stored = read_json_config(file)
     return turbo_models.turbo_scheduler_from_config(stored, **overrides)

@@ -36,7 +36,13 @@ from seesr.models.convert import official_to_seesr_keys, seesr_to_official_keys
 from seesr.models.image_cross_attention import DEFAULT_IMAGE_CROSS_ATTENTION_DIM, get_image_cross_attention_dim
 from seesr.models.limits import check_unet_config, empty_seesr_model
 from seesr.utils.limits import ConfigLimitError
-from seesr.weights.reader import WeightReadError, check_tensors, read_state_dict, read_tensor_specs
+from seesr.weights.reader import (
+    WeightReadError,
+    check_tensors,
+    read_json_config,
+    read_state_dict,
+    read_tensor_specs,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -77,16 +83,6 @@ CheckpointError = WeightReadError
 # reading
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return data
-
-
 def _merge(target: dict[str, Any], part: Mapping[str, Any], source: Path) -> None:
     duplicates = target.keys() & part.keys()
     if duplicates:
@@ -102,7 +98,7 @@ def _weight_files(folder: Path) -> tuple[list[Path], str]:
     for index_name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME):
         index_path = folder / index_name
         if index_path.is_file():
-            weight_map = _read_json(index_path).get("weight_map")
+            weight_map = read_json_config(index_path).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index_path} has no 'weight_map'")
             shards = [folder / name for name in sorted(set(map(str, weight_map.values())))]
@@ -171,7 +167,7 @@ def _infer_image_dim(state_dict: Mapping[str, Any]) -> int | None:
 
 def _read_config(folder: Path, model_class: type) -> tuple[dict[str, Any], bool, int | None]:
     """``config.json`` (class checked), the official RCA flag and the width stored in ``seesr_config.json``."""
-    config = _read_json(folder / CONFIG_NAME)
+    config = read_json_config(folder / CONFIG_NAME)
     class_name = config.get("_class_name")
     if class_name is not None and class_name != model_class.__name__:
         other = "load_seesr_controlnet" if class_name == "ControlNetModel" else "load_seesr_unet"
@@ -182,7 +178,7 @@ def _read_config(folder: Path, model_class: type) -> tuple[dict[str, Any], bool,
     official_flag = bool(config.pop(OFFICIAL_FLAG, False))
     stored_dim: int | None = None
     if (folder / SEESR_CONFIG_NAME).is_file():
-        seesr_config = _read_json(folder / SEESR_CONFIG_NAME)
+        seesr_config = read_json_config(folder / SEESR_CONFIG_NAME)
         try:
             stored_dim = int(seesr_config["image_cross_attention_dim"])
         except (KeyError, TypeError, ValueError) as error:
