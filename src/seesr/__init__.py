@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "load_seesr_controlnet": "seesr.weights.unet",
     "save_seesr_model": "seesr.weights.unet",
     "build_seesr_unet_and_controlnet": "seesr.models.build",
+    "load_tagger": "seesr.weights.tagger",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
