@@ -16,7 +16,6 @@ catalogue's sha256 where one is known, and locked from then on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "weights-lock.json"
 LOCK_VERSION = 1
 HASH_CHUNK = 8 * 1024 * 1024
+LARGE_FILE = 1 << 30  # files worth a line before hashing them
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -123,21 +123,13 @@ def locked_commit(repo_id: str, lock: dict[str, dict]) -> str | None:
 
 
 def sha256_of(path: Path, progress: bool = False) -> str:
-    """Streaming sha256 of a file (a tqdm bar for files over 64 MiB when ``progress``)."""
-    from tqdm.auto import tqdm
+    """sha256 of a file (:func:`seesr.weights.reader.file_sha256`); large files are announced when ``progress``."""
+    from seesr.weights.reader import file_sha256
 
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with (
-        open(path, "rb") as stream,
-        tqdm(
-            total=size, unit="B", unit_scale=True, desc=f"verify {path.name}", disable=not progress or size < 64 << 20
-        ) as bar,
-    ):
-        for chunk in iter(lambda: stream.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
+    size = Path(path).stat().st_size
+    if progress and size >= LARGE_FILE:
+        logger.info("checking %s (%.1f GB) against the weights lock", Path(path).name, size / 1e9)
+    return file_sha256(path, chunk_size=HASH_CHUNK)
 
 
 def snapshot_commit(path: Path, entry: WeightFile) -> str | None:
