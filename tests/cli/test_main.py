@@ -204,3 +204,24 @@ def test_library_warnings_are_hidden_unless_verbose(tmp_path):
     assert "kept in float32" not in quiet and "deprecated" not in quiet
     assert "our own warning" in quiet and "our own user warning" in quiet
     assert "kept in float32" in verbose and "'pretrained' is deprecated" in verbose
+
+
+def test_ctrl_c_in_a_command_run_by_another_stops_both(monkeypatch, tmp_path, capsys):
+    """`seesr benchmark` runs `seesr upscale` through main(): Ctrl-C there must not go on to the evaluation."""
+    import seesr.cli.upscale
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seesr.cli.upscale, "run", interrupted)
+    dataset = tmp_path / "RealSR"
+    dataset.mkdir()
+    for name in ("a_LR4.png", "a_HR.png"):
+        shutil.copy(TINY / "pipeline_case1_lr.png", dataset / name)
+    code = main(["benchmark", "--dataset", str(dataset), "--out", str(tmp_path / "bench"), "--metrics", "psnr"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert _error_lines(err)[-1] == (
+        "seesr benchmark: interrupted; run the same command again to resume: the images already upscaled are kept"
+    )
+    assert "evaluating" not in err and not (tmp_path / "bench" / "report").exists()

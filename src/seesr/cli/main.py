@@ -199,12 +199,19 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{args.command} {stage}" if args.command == "train" and stage else str(args.command)
 
 
+_depth = 0  # commands running in this process: seesr benchmark runs seesr upscale through main()
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """Run the chosen command; expected errors and Ctrl-C become one line on stderr and an exit code."""
+    global _depth
     command = _command_name(args)
+    _depth += 1
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        if _depth > 1:  # a command run by another one: Ctrl-C stops the outer command too, which reports it
+            raise
         if args.debug:
             traceback.print_exc()
         print(interrupted_message(command), file=sys.stderr)  # noqa: T201
@@ -215,6 +222,8 @@ def _run_command(args: argparse.Namespace) -> int:
         message, code = describe_error(error)
         print(f"seesr {command}: {message}", file=sys.stderr)  # noqa: T201
         return code
+    finally:
+        _depth -= 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
