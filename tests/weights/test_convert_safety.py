@@ -129,3 +129,16 @@ def test_same_size_edit_of_a_config_is_refused(bundle_copy):
     config.write_bytes(data[:-1] + (b" " if data[-1:] != b" " else b"\n"))
     with pytest.raises(BundleChangedError, match="unet/config.json: sha256 differs"):
         resolve_model(bundle_copy)
+
+
+def test_tag_checks_the_bundles_tagger_files(bundle_copy, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    weights = next((bundle_copy / "tagger").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert main(["tag", str(tmp_path / "a.png"), "--model", str(bundle_copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"tagger/{weights.name}: sha256 differs" in err and "Traceback" not in err

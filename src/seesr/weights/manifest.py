@@ -55,10 +55,11 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     return folder / MANIFEST_NAME
 
 
-def verify_manifest(folder: str | os.PathLike, hashes: bool = True) -> None:
+def verify_manifest(folder: str | os.PathLike, hashes: bool = True, only: str | None = None) -> None:
     """Compare ``folder`` with its manifest; raise :class:`BundleChangedError` naming every difference.
 
-    ``hashes=False`` (``--no-verify``) compares the file list and sizes only.
+    ``hashes=False`` (``--no-verify``) compares the file list and sizes only; ``only="tagger"`` checks that
+    subfolder alone (``seesr tag --model BUNDLE`` reads nothing else).
     """
     from seesr.weights.reader import file_sha256
 
@@ -72,6 +73,9 @@ def verify_manifest(folder: str | os.PathLike, hashes: bool = True) -> None:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BundleChangedError(f"{folder / MANIFEST_NAME}: unreadable bundle manifest ({error})") from None
     present = {path.relative_to(folder).as_posix(): path for path in _bundle_files(folder)}
+    if only is not None:
+        expected = {name: record for name, record in expected.items() if name.startswith(f"{only}/")}
+        present = {name: path for name, path in present.items() if name.startswith(f"{only}/")}
     problems = [f"{name}: missing" for name in expected if name not in present]
     problems += [f"{name}: not part of the bundle (not in its manifest)" for name in present if name not in expected]
     for name, path in present.items():

@@ -130,6 +130,14 @@ def resolve_tagger_source(path: str | os.PathLike) -> TaggerSource:
     if _is_pretrained_dir(root):
         return TaggerSource(pretrained_dir=root)
     if _is_pretrained_dir(root / TAGGER_SUBFOLDER):
+        from seesr.weights.manifest import verify_manifest
+        from seesr.weights.resolve import MissingWeightsError, is_bundle
+
+        if is_bundle(root):  # a converted bundle: its tagger files are checked against the bundle's manifest
+            try:
+                verify_manifest(root, only=TAGGER_SUBFOLDER)
+            except MissingWeightsError as error:
+                raise TaggerNotFoundError(str(error)) from None
         return TaggerSource(pretrained_dir=root / TAGGER_SUBFOLDER)
     if (root / "ram" / RAM_CHECKPOINT_NAME).is_file():
         return _official_source(root / "ram", extra_dape_dirs=(root,))
