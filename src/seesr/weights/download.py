@@ -129,7 +129,10 @@ def _missing_or_changed(entries: list[WeightFile], revisions: dict[str, str] | N
 def _unreachable(missing: list[WeightFile], error: BaseException, route: str | None) -> HubUnreachableError:
     endpoint = _hub_endpoint() or "https://huggingface.co"
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    reason = f"The Hugging Face Hub ({endpoint}) cannot be reached ({type(error).__name__}: {first_line}), so nothing was downloaded."
+    reason = (
+        f"The Hugging Face Hub ({endpoint}) cannot be reached ({type(error).__name__}: {first_line}), "
+        "so nothing was downloaded."
+    )
     return HubUnreachableError(missing_files_message(missing, hf_cache_dir(), reason, route))
 
 
@@ -249,7 +252,8 @@ def fetch(plan: list[RemoteFile], progress: bool = True) -> None:
     cache_dir = hf_cache_dir()
     if progress:
         print(  # noqa: T201
-            f"downloading {len(plan)} file(s), {_format_size(total)}, from {_hub_endpoint() or 'https://huggingface.co'}"
+            f"downloading {len(plan)} file(s), {_format_size(total)}, "
+            f"from {_hub_endpoint() or 'https://huggingface.co'}"
             f" into {cache_dir} (once; `--no-download` refuses, `--model FOLDER` uses files you already have)",
             file=sys.stderr,
         )
@@ -285,7 +289,8 @@ def fetch(plan: list[RemoteFile], progress: bool = True) -> None:
 
 
 def _place(source: Path, destination: Path) -> None:
-    """Hard-link (same file system) or copy ``source`` to ``destination`` atomically; a file of the same size already there is kept."""
+    """Hard-link (same file system) or copy ``source`` to ``destination`` atomically; a file of the same size that
+    is already there is kept."""
     source = source.resolve()
     if destination.exists() and destination.stat().st_size == source.stat().st_size:
         return

@@ -154,8 +154,9 @@ def default_tagger_source() -> TaggerSource:
     """The default tagger, never downloading anything.
 
     A converted bundle's ``tagger/`` in ``$SEESR_HOME/bundle``, else the catalogue's RAM and DAPE files in the local
-    Hugging Face cache (pinned or locked revisions, checked against the weights lock). Raises :class:`TaggerNotFoundError` naming the missing files
-    (repository, file, and where to put them) when the RAM checkpoint is not there.
+    Hugging Face cache (pinned or locked revisions, checked against the weights lock). Raises
+    :class:`TaggerNotFoundError` naming the missing files (repository, file, and where to put them) when the RAM
+    checkpoint is not there.
     """
     from seesr.weights import catalog, resolve
 
