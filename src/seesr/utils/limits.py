@@ -14,14 +14,15 @@ class ConfigLimitError(ValueError):
     """A config value outside the sizes any SeeSR model uses; the one-line message names the file and field."""
 
 
-def _numbers(value: object) -> list[float] | None:
+def _numbers(value: object) -> list[float]:
+    """Every number in ``value`` (a number, or lists of numbers nested to any depth); booleans are not numbers."""
     if isinstance(value, bool):
-        return None
+        return []
     if isinstance(value, (int, float)):
         return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(item, (int, float)) for item in value):
-        return [item for item in value if not isinstance(item, bool)]
-    return None
+    if isinstance(value, (list, tuple)):
+        return [number for item in value for number in _numbers(item)]
+    return []
 
 
 def check_config_limits(
@@ -43,10 +44,7 @@ def check_config_limits(
                 "describe a SeeSR model"
             )
     for key, limit in limits.items():
-        numbers = _numbers(config.get(key))
-        if numbers is None:
-            continue
-        bad = [number for number in numbers if not 0 <= number <= limit]
+        bad = [number for number in _numbers(config.get(key)) if not 0 <= number <= limit]
         if bad:
             raise ConfigLimitError(
                 f"{source}: '{key}' = {bad[0]!r} is outside 0..{limit}; this config does not describe a SeeSR "
