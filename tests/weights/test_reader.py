@@ -157,3 +157,9 @@ def test_check_tensors_shapes_and_float_kind(tmp_path):
     assert specs["weight"] == ((4, 3), "I8")
     with pytest.raises(WeightReadError, match=r"weight \(I8\)"):
         check_tensors(specs, expected, source=path)
+
+
+def test_a_misnamed_safetensors_file_is_still_read(tmp_path, state):
+    path = tmp_path / "diffusion_pytorch_model.bin"
+    save_file(state, path)
+    assert torch.equal(read_state_dict(path)["a.weight"], state["a.weight"])

@@ -93,7 +93,12 @@ def _existing_file(path: str | os.PathLike) -> Path:
 
 
 def _is_safetensors(path: Path) -> bool:
-    return path.suffix.lower() in _SAFETENSORS_SUFFIXES
+    """By name, or by content for a misnamed file (an 8-byte header length followed by the JSON header's ``{``)."""
+    if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def _torch_load_error(path: Path, error: BaseException) -> WeightReadError:
