@@ -82,7 +82,8 @@ else
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 missing="$("$PY" -c 'import importlib.util as u, sys; print(*(n for n in sys.argv[1:] if u.find_spec(n) is None))' \
-    seesr torch diffusers transformers accelerate safetensors huggingface_hub timm numpy PIL tqdm yaml pytest)"
+    seesr torch diffusers transformers accelerate safetensors huggingface_hub timm numpy PIL tqdm yaml pytest \
+    pytest_timeout)"
 if [ -n "$missing" ]; then
     record setup failed "$start" "missing Python packages: $missing (carry their wheels in $WHEELS: benchmarks/README.md)"
     exit 2
