@@ -22,6 +22,7 @@ from seesr.weights.unet import (
     CheckpointError,
     load_seesr_controlnet,
     load_seesr_unet,
+    load_stock_unet,
     save_seesr_model,
 )
 from tests.conftest import TINY
@@ -251,3 +252,28 @@ def test_save_refuses_models_without_rca(tmp_path):
         save_seesr_model(tiny_stock_unet(), tmp_path / "x")
     with pytest.raises(ValueError, match="layout"):
         save_seesr_model(tiny_stock_unet(), tmp_path / "x", layout="diffusers")  # type: ignore[arg-type]
+
+
+def test_stock_unet_from_stock_official_and_seesr_folders(tmp_path, seesr_unet):
+    """The stage-2 start: a stock UNet through the reader; a SeeSR folder (either layout) gives its SD-2 weights."""
+    stock = tiny_stock_unet(seed=5)
+    stock.save_pretrained(tmp_path / "stock")
+    loaded = load_stock_unet(tmp_path / "stock")
+    assert get_image_cross_attention_dim(loaded) is None and not loaded.training
+    reference = stock.state_dict()
+    assert loaded.state_dict().keys() == reference.keys()
+    assert all(torch.equal(loaded.state_dict()[k], reference[k]) for k in reference)
+
+    official = load_file(OFFICIAL_UNET / WEIGHTS_NAME)
+    expected = {k: v for k, v in official.items() if ".image_attentions." not in k}
+    for folder in (OFFICIAL_UNET, save_seesr_model(seesr_unet, tmp_path / "ours")):
+        state = load_stock_unet(folder).state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected), folder
+    state = dict(official)
+    del state["conv_in.weight"]
+    (tmp_path / "broken").mkdir()
+    shutil.copy(OFFICIAL_UNET / "config.json", tmp_path / "broken")
+    save_file(state, tmp_path / "broken" / WEIGHTS_NAME)
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): conv_in.weight"):
+        load_stock_unet(tmp_path / "broken")

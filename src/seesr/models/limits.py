@@ -56,29 +56,36 @@ UNET_CONFIG_LIMITS: dict[str, int] = {
 MAX_IMAGE_CROSS_ATTENTION_DIM = 8192
 
 
-def check_unet_config(config: Mapping[str, Any], image_cross_attention_dim: int, *, source: str | os.PathLike) -> None:
+def check_unet_config(
+    config: Mapping[str, Any], image_cross_attention_dim: int | None, *, source: str | os.PathLike
+) -> None:
     """Raise :class:`~seesr.utils.limits.ConfigLimitError` when a field is outside :data:`UNET_CONFIG_LIMITS`."""
     check_config_limits(config, UNET_CONFIG_LIMITS, source=source)
     check_config_limits(
-        {"image_cross_attention_dim": image_cross_attention_dim},
+        {"image_cross_attention_dim": image_cross_attention_dim or 0},
         {"image_cross_attention_dim": MAX_IMAGE_CROSS_ATTENTION_DIM},
         source=source,
     )
 
 
 def empty_seesr_model(
-    model_class: type[ModelT], config: Mapping[str, Any], image_cross_attention_dim: int, *, fresh_rca: bool = False
+    model_class: type[ModelT],
+    config: Mapping[str, Any],
+    image_cross_attention_dim: int | None,
+    *,
+    fresh_rca: bool = False,
 ) -> ModelT:
     """``model_class.from_config(config)`` with RCA layers, every tensor on the meta device (nothing allocated).
 
-    With ``fresh_rca`` the RCA layers get real, freshly initialised CPU tensors (the training start from a stock
-    checkpoint). Errors of diffusers on a broken config propagate (ValueError / TypeError / KeyError).
+    ``image_cross_attention_dim`` None builds the stock model (no RCA). With ``fresh_rca`` the RCA layers get real,
+    freshly initialised CPU tensors (the training start from a stock checkpoint). Errors of diffusers on a broken
+    config propagate (ValueError / TypeError / KeyError).
     """
     with torch.device("meta"):
         model = model_class.from_config(dict(config))
-        if not fresh_rca:
+        if image_cross_attention_dim is not None and not fresh_rca:
             add_image_cross_attention(model, image_cross_attention_dim)
-    if fresh_rca:
+    if image_cross_attention_dim is not None and fresh_rca:
         add_image_cross_attention(model, image_cross_attention_dim)
     return model
 

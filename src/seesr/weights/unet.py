@@ -53,6 +53,7 @@ __all__ = [
     "load_seesr_controlnet",
     "load_seesr_model",
     "load_seesr_unet",
+    "load_stock_unet",
     "save_seesr_model",
 ]
 
@@ -222,7 +223,9 @@ def _renamed(state_dict: Mapping[str, Any], source: Path) -> dict[str, Any]:
         raise CheckpointError(f"{source}: {error}") from error
 
 
-def _empty_model(folder: Path, model_class: type[ModelT], config: dict[str, Any], dim: int, fresh: bool) -> ModelT:
+def _empty_model(
+    folder: Path, model_class: type[ModelT], config: dict[str, Any], dim: int | None, fresh: bool = False
+) -> ModelT:
     try:
         check_unet_config(config, dim, source=folder / CONFIG_NAME)
         return empty_seesr_model(model_class, config, dim, fresh_rca=fresh)
@@ -298,6 +301,38 @@ def load_seesr_model(
         leftover = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
         if leftover:  # pragma: no cover - guards against a diffusers change creating unsaved parameters
             raise CheckpointError(f"tensors not initialised by {folder}: {_listing(leftover)}")
+    return model.eval()
+
+
+_OFFICIAL_RCA = re.compile(r"(^|\.)image_attentions\.\d+\.")
+
+
+def _stock_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A UNet state dict in either layout -> the stock diffusers keys, RCA tensors left out."""
+    return {key: value for key, value in seesr_to_official_keys(state_dict).items() if not _OFFICIAL_RCA.search(key)}
+
+
+def load_stock_unet(
+    path: str | os.PathLike, dtype: torch.dtype | None = torch.float32, device: str | torch.device | None = None
+) -> UNet2DConditionModel:
+    """A stock diffusers UNet (the SD-2-base start of stage 2) from a UNet folder, strictly and through the reader.
+
+    A SeeSR UNet folder (official or our layout) is accepted too: its SD-2 weights are used, its RCA tensors left
+    out. Config sizes, keys, shapes and dtypes are checked before any tensor is read, as in :func:`load_seesr_model`.
+    """
+    folder = _resolve_folder(path, "unet")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    config, _, _ = _read_config(folder, UNet2DConditionModel)
+    files, source = _weight_files(folder)
+    model = _empty_model(folder, UNet2DConditionModel, config, None)
+    check_tensors(
+        _stock_keys(_read_specs(files)), model.state_dict(), source=f"{folder / source} (UNet2DConditionModel)"
+    )
+    state_dict = _stock_keys(_read_weights(files, str(device)))
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    torch.nn.Module.to(model, device=device)
     return model.eval()
 
 
