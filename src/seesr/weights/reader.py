@@ -127,6 +127,8 @@ def _torch_load(path: Path, device: str | torch.device, mmap: bool) -> Any:
             if not mmap or "mmap can only be used" not in str(error):
                 raise
             return torch.load(path, map_location=device, weights_only=True)
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - every unpickling/zip error becomes one clear line
         raise _torch_load_error(path, error) from None
 
