@@ -99,7 +99,7 @@ def check_output(out: Path, sources: list[Path], overwrite: bool) -> None:
             relation = "is" if target == source else "contains" if source.is_relative_to(target) else "is inside"
             raise ConvertError(f"OUT {out} {relation} the source {source}; choose an output folder outside it")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConvertError(f"OUT {out} is a file, not a folder; refusing to replace it")
+        raise ConvertError(f"OUT {out} is a file or a link, not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} already exists and is not empty")
