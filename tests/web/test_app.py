@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import gc
+import io
+import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
+import weakref
+from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
-from seesr.web.app import DEVICE_QUEUE, WebController, build_app, launch_app
+from seesr.web.app import DEVICE_QUEUE, WebController, build_app, launch_app, private_server_folder
 from seesr.web.inputs import InputImage, InvalidUpload, read_payload
 from seesr.web.runner import RunCancelled
 from seesr.web.settings import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT, UserInputError, WebLimits
@@ -81,7 +88,7 @@ def test_run_refuses_bad_input_before_calling_the_model(tmp_path):
         controller.run(None, session="s", **CONTROLS)
     with pytest.raises(UserInputError, match="not an image"):
         controller.run(InvalidUpload("x.png: not an image"), session="s", **CONTROLS)
-    with pytest.raises(UserInputError, match=r"At ×4 the result would be 96×64"):
+    with pytest.raises(UserInputError, match=r"24x16 is processed at 768x512"):  # enlarged to 512 first
         controller.run(_input(), session="s", **CONTROLS)
     with pytest.raises(UserInputError, match="steps must be"):
         controller.run(_input(), session="s", **{**CONTROLS, "steps": 10_000})
@@ -166,3 +173,120 @@ def test_served_app_binds_locally_and_rejects_forged_paths(tmp_path):
     finally:
         app.close()
     assert runner.calls == []
+
+
+def test_odd_shaped_images_are_refused_before_any_work(tmp_path):
+    """Issue 13 item 2: the working size (short side enlarged to process_size first) counts, at upload and at run."""
+    runner = FakeRunner()
+    controller = WebController(runner, WebLimits(max_output_pixels=2048 * 2048), output_dir=tmp_path)
+    strip = _input(size=(20, 1000))  # x4: 80x4000, but worked on at 512x25600
+    with pytest.raises(UserInputError, match=r"processed at 512x25600"):
+        controller.run(strip, session="s", **CONTROLS)
+    assert "processed at 512x25600" in controller.describe_input((20, 1000), 4)
+    with pytest.raises(UserInputError, match="aspect ratio"):
+        controller.run(_input(size=(3, 100_000)), session="s", **CONTROLS)
+    assert runner.calls == []
+
+
+class _OutOfMemoryRunner(FakeRunner):
+    """Holds a large object in its frame, then fails like an allocator (``make_error()`` is raised once)."""
+
+    def __init__(self, make_error) -> None:
+        super().__init__()
+        self.make_error = make_error
+        self.held: weakref.ref | None = None
+
+    def upscale(self, image, settings, **kwargs):
+        if self.make_error is None:
+            return super().upscale(image, settings, **kwargs)
+        buffer = bytearray(64 * 1024 * 1024)
+        self.held = weakref.ref(_Holder(buffer))
+        holder = self.held()  # noqa: F841 - kept alive by this frame only
+        make_error, self.make_error = self.make_error, None
+        raise make_error()
+
+
+class _Holder:
+    def __init__(self, buffer: bytearray) -> None:
+        self.buffer = buffer
+        self.cycle = self  # freed only by garbage collection
+
+
+@pytest.mark.parametrize(
+    "error", [MemoryError, lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")]
+)
+def test_out_of_memory_is_a_message_and_the_memory_is_returned(tmp_path, monkeypatch, error):
+    """Issue 13 item 2: an allocator failure is a message for that request, not a dead server holding the memory."""
+    import seesr.utils.device
+
+    freed_at_release: list[bool] = []
+    real_release = seesr.utils.device.release_memory
+
+    def release() -> None:
+        real_release()
+        freed_at_release.append(runner.held is not None and runner.held() is None)
+
+    monkeypatch.setattr(seesr.utils.device, "release_memory", release)
+    runner = _OutOfMemoryRunner(error)
+    controller = WebController(runner, output_dir=tmp_path)
+    with pytest.raises(UserInputError, match=r"ran out of memory for this image \((MemoryError|OutOfMemoryError)"):
+        controller.run(_input(), session="s", **CONTROLS)
+    assert freed_at_release == [True]  # the failed run's objects were gone when the memory was handed back
+    assert controller.run(_input(), session="s", **CONTROLS).seed == 231  # and the server goes on
+    assert len(freed_at_release) == 2  # returned after successful runs too
+
+
+def test_other_errors_are_not_taken_for_memory_errors(tmp_path):
+    controller = WebController(_OutOfMemoryRunner(lambda: ValueError("a bug")), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="a bug"):
+        controller.run(_input(), session="s", **CONTROLS)
+    gc.collect()
+
+
+def test_unedited_detected_tags_are_labelled_dape_s(tmp_path):
+    controller = WebController(FakeRunner(), output_dir=tmp_path)
+    detected, _ = controller.detect(_input())
+    kept = controller.run(_input(), session="s", **{**CONTROLS, "tags_text": detected}, detected_tags_text=detected)
+    edited = controller.run(_input(), session="s", **{**CONTROLS, "tags_text": "cat"}, detected_tags_text=detected)
+    assert "| Tags | `cat`, `sofa`, `window` (DAPE) |" in kept.summary_markdown
+    assert "| Tags | `cat` (yours) |" in edited.summary_markdown
+
+
+def test_private_server_folder(tmp_path, monkeypatch):
+    """Issue 13 item 8: uploads, Gradio's cache and results in a folder only this user can read, removed after."""
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    with private_server_folder() as folder:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and (folder / "results").is_dir()
+        assert os.environ["GRADIO_TEMP_DIR"] == str(folder / "gradio")
+        (folder / "results" / "x.png").write_bytes(b"x")
+    assert not folder.exists() and "GRADIO_TEMP_DIR" not in os.environ
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "mine"))  # the user's choice of disk is kept
+    with private_server_folder() as folder:
+        assert folder.parent == tmp_path / "mine" and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "mine") and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_served_uploads_and_results_stay_in_the_private_folder(tmp_path, monkeypatch):
+    shared = tmp_path / "shared-tmp"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
+    with private_server_folder() as folder:
+        app = build_app(FakeRunner(), output_dir=folder / "results")
+        url = launch_app(app, port=_free_port(), block=False, quiet=True)
+        try:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                png = io.BytesIO()
+                Image.new("RGB", (24, 16), (200, 100, 50)).save(png, format="PNG")
+                uploaded = client.post("/gradio_api/upload", files={"files": ("cat.png", png.getvalue())}).json()[0]
+                assert Path(uploaded).is_relative_to(folder)
+                image = {"path": uploaded, "orig_name": "cat.png", "meta": {"_type": "gradio.FileData"}}
+                data = [image, "cat", None, True, "", "x", "y", 2, 5.5, 1, False, 2, 96, "adain"]
+                event = client.post("/gradio_api/call/upscale", json={"data": data}).json()["event_id"]
+                stream = client.get(f"/gradio_api/call/upscale/{event}").text
+                assert "event: complete" in stream, stream[-2000:]
+            written = [path for path in folder.rglob("*.png")]
+            assert any(path.name == "cat_seesr_x2.png" for path in written)
+            assert [entry.name for entry in shared.iterdir()] == [folder.name]  # nothing beside the private folder
+        finally:
+            app.close()
+    assert list(shared.iterdir()) == []

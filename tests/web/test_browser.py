@@ -162,6 +162,9 @@ def _clear_input(page) -> None:
 def test_bad_uploads_get_clear_messages_and_the_app_keeps_serving(page, images):
     from playwright.sync_api import expect
 
+    expect(page).to_have_title("SeeSR")
+    defaults = page.locator("#seesr-defaults")
+    expect(defaults).to_contain_text(re.compile(r"defaults of .?seesr upscale.?: colour fix adain, a new random seed"))
     info = page.locator("#seesr-input-info")
     expect(info).to_contain_text("up to 1 MB and 0.2 MP")
 
@@ -207,7 +210,8 @@ def test_detect_edit_run_compare_download(page, images, server, tmp_path):
     summary = page.locator("#seesr-settings-used")
     expect(summary).to_contain_text("(yours)")
     expect(summary).to_contain_text("×2: 40×32 → 80×64 px")
-    expect(summary).to_contain_text("231")
+    seed = page.locator("#seesr-seed input").input_value()  # a random seed (the CLI's default), shown after the run
+    expect(summary).to_contain_text(re.compile(rf"Seed\s*{seed}\b"))
 
     # the comparison shows both images at the output size
     compare = page.locator("#seesr-compare img")
@@ -228,6 +232,7 @@ def test_detect_edit_run_compare_download(page, images, server, tmp_path):
         assert result.text["prompt"] == prompt_used.input_value()
         assert result.text["tags"] == ", ".join(edited)
         assert '"steps": 2' in result.text["seesr"] and '"interface": "web"' in result.text["seesr"]
+        assert result.text["seed"] == seed and '"color_fix": "adain"' in result.text["seesr"]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve_result.png"), full_page=True)
@@ -250,7 +255,11 @@ def test_progress_and_cancel(page, images, server):
         time.sleep(0.2)
     assert any("run cancelled" in line for line in server.log), "\n".join(server.log[-20:])
 
-    # the device is free again: a short run completes
+    # the device is free again: a short run completes; DAPE's tags, left as detected, are labelled DAPE's
+    page.locator("#seesr-detect").click()
+    expect(page.locator("#seesr-tags-info")).to_contain_text("DAPE found")
+    detected = page.locator("#seesr-tags textarea").input_value()
     page.locator("#seesr-steps input[type=number]").fill("1")
     page.locator("#seesr-run").click()
-    expect(page.locator("#seesr-prompt-used textarea")).to_have_value(re.compile(r"^cat, "))
+    expect(page.locator("#seesr-prompt-used textarea")).to_have_value(re.compile("^" + re.escape(detected + ", ")))
+    expect(page.locator("#seesr-settings-used")).to_contain_text("(DAPE)")

@@ -112,7 +112,7 @@ def test_random_seed_is_resolved_before_the_call(pipeline):
 
 
 def test_metadata_has_the_upscale_command_keys(pipeline):
-    result = PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(steps=1, use_tags=True))
+    result = PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(steps=1, use_tags=True, seed=231))
     metadata = result.metadata
     assert metadata["prompt"] == result.prompt and metadata["tags"] == "dog, grass" and metadata["seed"] == "231"
     record = json.loads(metadata["seesr"])
@@ -125,3 +125,14 @@ def test_detect_tags(pipeline):
     assert PipelineRunner(pipeline).detect_tags(Image.new("RGB", (8, 8))) == ["dog", "grass"]
     with pytest.raises(UserInputError, match="without its DAPE tagger"):
         PipelineRunner(SimpleNamespace(tagger=None)).detect_tags(Image.new("RGB", (8, 8)))
+
+
+def test_metadata_says_unedited_detected_tags_are_dape_s(pipeline):
+    runner = PipelineRunner(pipeline)
+    detected = WebSettings(steps=1, tags=("dog", "grass"), dape_tags=("dog", "grass"))
+    edited = WebSettings(steps=1, tags=("dog",), dape_tags=("dog", "grass"))
+    sources = [
+        json.loads(runner.upscale(Image.new("RGB", (8, 8)), s).metadata["seesr"])["tags_source"]
+        for s in (detected, edited)
+    ]
+    assert sources == ["dape", "user"]

@@ -5,12 +5,20 @@ Starting the server for real (model loading, serving, the page) is covered by ``
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from seesr.cli.main import main
 from seesr.cli.serve import _is_loopback
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -83,3 +91,58 @@ def test_without_gradio_the_command_says_which_extra_to_install(monkeypatch, cap
     )
     assert main(["serve"]) == 1
     assert "pip install 'seesr[web]'" in capsys.readouterr().err
+
+
+def test_help_says_where_the_page_defaults_come_from(capsys):
+    assert main(["serve", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "defaults of `seesr upscale`" in text and "--demo-defaults" in text and "wavelet" in text
+    assert "private folder (mode 0700)" in text
+
+
+SERVE_WITH_A_FAKE_MODEL = """
+import sys
+import seesr.cli.serve
+import seesr.pipeline.pipeline_seesr
+from tests.web.fakes import FakeRunner
+
+class Fake(FakeRunner):
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+seesr.pipeline.pipeline_seesr.SeeSRPipeline.from_pretrained = classmethod(lambda cls, *args, **kwargs: Fake())
+seesr.cli.serve.resolve_for_loading = lambda args: args.model
+from seesr.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # about 20 s: a fresh interpreter imports the CLI, and Gradio takes seconds to close
+def test_sigterm_stops_the_server_and_removes_its_private_folder(tmp_path):
+    """Issue 13 item 8: the server's files live in a 0700 folder that is gone once the server stops (SIGTERM too)."""
+    parent = tmp_path / "tmp"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(parent), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    argv = ["serve", "--model", str(tmp_path), "--device", "cpu", "--port", str(_free_port())]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_WITH_A_FAKE_MODEL, *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "SeeSR web UI on" in line:
+                break
+        assert "SeeSR web UI on" in lines[-1], "".join(lines)
+        (folder,) = parent.iterdir()
+        assert folder.name.startswith("seesr-serve-") and stat.S_IMODE(folder.stat().st_mode) == 0o700
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert list(parent.iterdir()) == []

@@ -18,6 +18,7 @@ from seesr.web.settings import (
     WebSettings,
     check_input_size,
     check_output_size,
+    defaults_markdown,
     format_tags,
     make_settings,
     parse_tags,
@@ -40,8 +41,32 @@ CONTROLS = dict(
 )
 
 
-def test_defaults_follow_the_official_gradio_demo():
-    settings = WebSettings()
+def test_defaults_are_those_of_seesr_upscale():
+    """Issue 19 item 8: the page starts from the CLI's defaults (it used the demo's wavelet and longer prompts)."""
+    from seesr.pipeline.batch import UpscaleSettings
+
+    web, cli = WebSettings(), UpscaleSettings()
+    pairs = [
+        (web.added_prompt, cli.added_prompt),
+        (web.negative_prompt, cli.negative_prompt),
+        (web.color_fix, cli.color_fix),
+        (web.seed, cli.seed),
+        (web.steps, cli.steps),
+        (web.guidance_scale, cli.guidance),
+        (web.scale, cli.scale),
+        (web.latent_tile_size, cli.latent_tile_size),
+        (web.process_size, cli.process_size),
+        (web.prompt, cli.prompt),
+        (web.use_tags, cli.use_tags),
+    ]
+    assert all(ours == theirs for ours, theirs in pairs), pairs
+    assert (web.color_fix, web.added_prompt) == ("adain", "clean, high-resolution, 8k")
+    note = defaults_markdown(web)
+    assert "defaults of `seesr upscale`" in note and "colour fix adain" in note and "random seed" in note
+
+
+def test_official_demo_defaults_stay_available():
+    settings = WebSettings.official_demo(process_size=64)
     assert settings.added_prompt == "clean, high-resolution, 8k, best quality, masterpiece"
     assert settings.negative_prompt.startswith("dotted, noise, blur, lowres, oversmooth, longbody")
     assert settings.negative_prompt.endswith("cropped, worst quality, low quality")
@@ -52,6 +77,20 @@ def test_defaults_follow_the_official_gradio_demo():
         4,
         "wavelet",
     )
+    assert settings.process_size == 64 and "--demo-defaults" in defaults_markdown(settings)
+
+
+def test_unedited_detected_tags_are_dape_s():
+    """Issue 19 item 8: tags that "Detect tags" filled in and the user left alone are not labelled as the user's."""
+    detected = "cat, sofa, window"
+    same = make_settings(
+        **{**CONTROLS, "tags_text": " cat,sofa , window"}, detected_tags_text=detected, limits=WebLimits()
+    )
+    edited = make_settings(**{**CONTROLS, "tags_text": "cat, sofa"}, detected_tags_text=detected, limits=WebLimits())
+    typed = make_settings(**CONTROLS, limits=WebLimits())
+    off = make_settings(**{**CONTROLS, "use_tags": False}, detected_tags_text=detected, limits=WebLimits())
+    at_run_time = make_settings(**{**CONTROLS, "tags_text": ""}, limits=WebLimits())
+    assert [s.tags_source for s in (same, edited, typed, off, at_run_time)] == ["dape", "user", "user", "none", "dape"]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +148,7 @@ def test_random_seed_is_drawn_once_and_in_range():
         ({"seed": -1}, "seed must be between 0"),
         ({"seed": float("nan")}, "seed must be a finite number"),
         ({"guidance_scale": 31}, "guidance must be between 0 and 30"),
-        ({"color_fix": "sepia"}, "colour fix must be one of wavelet, adain, none"),
+        ({"color_fix": "sepia"}, "colour fix must be one of adain, wavelet, none"),
         ({"latent_tile_size": 8}, "tile size must be between 16 and 1024"),
         ({"prompt": "x" * 2001}, "prompt is too long"),
     ],
@@ -129,9 +168,22 @@ def test_input_and_output_size_checks():
     check_input_size(100, 100, limits)
     with pytest.raises(UserInputError, match=r"101×100 .* accepts images up to 10000 pixels"):
         check_input_size(101, 100, limits)
-    assert check_output_size(50, 40, 4, limits) == (200, 160)
-    with pytest.raises(UserInputError, match=r"At ×4 the result would be 240×200"):
-        check_output_size(60, 50, 4, limits)
+    assert check_output_size(50, 40, 4, limits, 64) == (200, 160)
+    with pytest.raises(UserInputError, match=r"60x50 gives a 240x200 output at --scale 4: 48000 pixels exceeds"):
+        check_output_size(60, 50, 4, limits, 64)
+
+
+def test_the_size_check_counts_the_enlargement_to_the_processing_size():
+    """Issue 13 item 2: small inputs are worked on at process_size; the web check used to look at the output only."""
+    limits = WebLimits(max_output_pixels=2048 * 2048)
+    # 20x1000 -> x4 is 80x4000 (0.3 MP), but its short side is enlarged to 512/4 first: 512x25600 (13.1 MP)
+    with pytest.raises(
+        UserInputError, match=r"processed at 512x25600.*raise it with --max-output-pixels.*seesr serve"
+    ):
+        check_output_size(20, 1000, 4, limits, 512)
+    with pytest.raises(UserInputError, match="aspect ratio"):
+        check_output_size(3, 100_000, 4, limits, 512)  # the 0.3 MP strip that made the server grow to 4.5 GB
+    assert check_output_size(20, 1000, 4, limits, 16) == (80, 4000)
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,15 @@ uploads above the byte and pixel limits set here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import ipaddress
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from seesr.cli.convert import add_no_verify_argument, resolve_for_loading
 from seesr.cli.download import add_no_download_argument, fetch_missing
@@ -36,7 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Start the SeeSR web UI (needs the `web` extra: pip install 'seesr[web]'). The model is loaded once; "
             "the page then lets you upload a photo, detect and edit DAPE's tags, set the prompt, steps, guidance, "
             "seed, colour fix, scale and tile size, run with a progress bar and cancel, compare before/after and "
-            "download the PNG with its settings. Only this machine can connect unless --host says otherwise."
+            "download the PNG with its settings. Only this machine can connect unless --host says otherwise. "
+            "The page starts from the defaults of `seesr upscale` (the same colour fix, added and negative prompts, "
+            "steps, guidance and scale, and a new random seed per run); --demo-defaults starts from the official "
+            "Gradio demo's instead. Uploads and results are kept in a private folder (mode 0700) that is removed "
+            "when the server stops."
         ),
     )
     parser.add_argument(
@@ -75,6 +84,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(official default 512)",
     )
     parser.add_argument(
+        "--demo-defaults",
+        action="store_true",
+        help="start the page from the official SeeSR Gradio demo's values instead of seesr upscale's: wavelet "
+        'colour fix, added prompt "clean, high-resolution, 8k, best quality, masterpiece", its longer negative '
+        "prompt, seed 231",
+    )
+    parser.add_argument(
         "--max-upload-mb",
         type=float,
         default=DEFAULT_MAX_UPLOAD_MB,
@@ -93,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=int,
         default=DEFAULT_MAX_OUTPUT_PIXELS,
         metavar="N",
-        help=f"largest result, width×height after scaling (default {DEFAULT_MAX_OUTPUT_PIXELS}, i.e. 4096×4096)",
+        help="largest result, width×height after scaling, and largest working size (small or very long images are "
+        f"enlarged to --process-size first) (default {DEFAULT_MAX_OUTPUT_PIXELS}, i.e. 4096×4096)",
     )
     parser.add_argument(
         "--max-queue",
@@ -188,22 +205,52 @@ def run(args: argparse.Namespace) -> int:
         pipeline.enable_fast_path(fast_config)
     pipeline.set_progress_bar_config(disable=True)
 
-    from seesr.web.app import build_app, launch_app
+    _serve(pipeline, args, limits, device)
+    return 0
+
+
+def _serve(pipeline: Any, args: argparse.Namespace, limits: Any, device: Any) -> None:
+    """Serve the page until Ctrl+C or SIGTERM; the server's private folder (uploads, results) is removed either way."""
+    from seesr.web.app import build_app, launch_app, private_server_folder
     from seesr.web.settings import WebSettings
 
-    app = build_app(pipeline, limits=limits, defaults=WebSettings(process_size=args.process_size))
-    if not _is_loopback(args.host):
-        logger.warning(
-            "listening on %s: anyone who can reach this machine can use the UI and its %s; there is no login",
-            args.host,
-            device,
+    make_defaults = WebSettings.official_demo if args.demo_defaults else WebSettings
+    with _stop_on_sigterm(), private_server_folder() as folder:
+        app = build_app(
+            pipeline,
+            limits=limits,
+            defaults=make_defaults(process_size=args.process_size),
+            output_dir=folder / "results",
         )
-    url = launch_app(app, host=args.host, port=args.port, block=False, quiet=True)
-    print(f"SeeSR web UI on {url}  (Ctrl+C to stop)", flush=True)  # noqa: T201 - CLI output
+        if not _is_loopback(args.host):
+            logger.warning(
+                "listening on %s: anyone who can reach this machine can use the UI and its %s; there is no login",
+                args.host,
+                device,
+            )
+        url = launch_app(app, host=args.host, port=args.port, block=False, quiet=True)
+        print(f"SeeSR web UI on {url}  (Ctrl+C to stop)", flush=True)  # noqa: T201 - CLI output
+        try:
+            app.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.close()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Let SIGTERM (``kill``, service managers) stop the server like Ctrl+C, so that its clean-up runs; the previous
+    handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
-        app.close()
-    return 0
+        signal.signal(signal.SIGTERM, previous)

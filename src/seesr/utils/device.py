@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 
 import torch
 
@@ -53,7 +55,13 @@ def free_accelerator_memory() -> None:
 
 
 def release_memory() -> None:
-    """Collect garbage (tensors kept alive by reference cycles or a caught exception's frames), then
-    :func:`free_accelerator_memory`."""
+    """Give memory back after a large job: collect garbage (tensors kept alive by reference cycles), empty the
+    accelerator caches (:func:`free_accelerator_memory`) and, on Linux with glibc, return the C heap's free pages to
+    the system (``malloc_trim``; glibc keeps them otherwise, so a long-running server would stay at its peak)."""
     gc.collect()
     free_accelerator_memory()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, ...): nothing to trim
+            pass

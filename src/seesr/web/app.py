@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
@@ -32,10 +33,12 @@ from seesr.web.runner import PipelineRunner, RunCancelled, Runner, UpscaleResult
 from seesr.web.settings import (
     COLOR_FIXES,
     MAX_SEED,
+    TAG_SOURCE_LABELS,
     UserInputError,
     WebLimits,
     WebSettings,
     check_output_size,
+    defaults_markdown,
     format_bytes,
     format_tags,
     make_settings,
@@ -48,6 +51,37 @@ logger = logging.getLogger(__name__)
 
 DEVICE_QUEUE = "seesr-device"  # concurrency id shared by every event that runs a model
 RESULT_MAX_AGE_S = 2 * 3600  # results older than this are deleted when a new one is written
+OUT_OF_MEMORY_MESSAGE = (
+    "The server ran out of memory for this image ({error}). Try a smaller scale or tile size, or a smaller image."
+)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def private_server_folder(prefix: str = "seesr-serve-") -> Iterator[Path]:
+    """A folder only this user can read (mode 0700, from :func:`tempfile.mkdtemp`) for one server's files.
+
+    Inside it, ``results/`` takes the result PNGs and ``gradio/`` is Gradio's upload and cache folder
+    (``GRADIO_TEMP_DIR`` points there while the block runs; Gradio's default, ``/tmp/gradio``, is shared and
+    world-readable). It is made under ``GRADIO_TEMP_DIR`` when that is set, else in the system temp folder, and is
+    removed, with everything in it, when the block exits; ``GRADIO_TEMP_DIR`` is then restored.
+    """
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    parent = previous or None
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    (folder / "results").mkdir(mode=0o700)
+    (folder / "gradio").mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -68,7 +102,8 @@ class WebController:
     Args:
         runner: the model adapter (:class:`~seesr.web.runner.PipelineRunner` or a test double).
         limits: size and range limits applied to everything the client sends.
-        output_dir: where result PNGs are written (a fresh temporary folder by default).
+        output_dir: where result PNGs are written (by default a fresh private temporary folder, mode 0700, removed
+            when the process exits; ``seesr serve`` passes the ``results/`` of :func:`private_server_folder`).
         defaults: the page's initial values and the server-side ``process_size``.
     """
 
@@ -82,7 +117,7 @@ class WebController:
         self.runner = runner
         self.limits = limits or WebLimits()
         self.defaults = defaults or WebSettings()
-        if output_dir is None:  # our own temporary folder: removed when the process exits
+        if output_dir is None:  # our own private temporary folder (mkdtemp: mode 0700), removed at exit
             self.output_dir = Path(tempfile.mkdtemp(prefix="seesr-web-"))
             atexit.register(shutil.rmtree, self.output_dir, ignore_errors=True)
         else:
@@ -107,7 +142,7 @@ class WebController:
         width, height = size
         try:
             factor = int(scale)
-            out_w, out_h = check_output_size(width, height, factor, self.limits)
+            out_w, out_h = check_output_size(width, height, factor, self.limits, self.defaults.process_size)
         except (TypeError, ValueError, UserInputError) as error:
             return f"Input **{width}×{height}** px. ⚠️ {error}"
         return f"Input **{width}×{height}** px → result **{out_w}×{out_h}** px at ×{factor}."
@@ -125,7 +160,7 @@ class WebController:
         """Run DAPE on the input: ``(tags text for the editable box, status line)``."""
         image = self._require_image(upload)
         started = time.perf_counter()
-        tags = self.runner.detect_tags(image.rgb)
+        tags = self._returning_memory(lambda: self.runner.detect_tags(image.rgb))
         seconds = time.perf_counter() - started
         status = f"DAPE found {len(tags)} tag{'s' if len(tags) != 1 else ''} in {seconds:.1f} s. Edit them freely."
         if not tags:
@@ -142,15 +177,18 @@ class WebController:
     ) -> RunOutput:
         """Validate ``controls`` (the raw values of the page's inputs), upscale, save the PNGs, describe the run.
 
-        ``controls`` are the keyword arguments of :func:`seesr.web.settings.make_settings` except ``limits``.
+        ``controls`` are the keyword arguments of :func:`seesr.web.settings.make_settings` except ``limits``. The
+        size checks come before any work; running out of memory is a message, and the memory is returned after.
         """
         image = self._require_image(upload)
         settings = make_settings(limits=self.limits, process_size=self.defaults.process_size, **controls).resolved()
-        check_output_size(*image.size, settings.scale, self.limits)
+        check_output_size(*image.size, settings.scale, self.limits, settings.process_size)
         flag = self._stop_flag(session)
         flag.clear()
         try:
-            result = self.runner.upscale(image.rgb, settings, on_step=on_step, should_stop=flag.is_set)
+            result = self._returning_memory(
+                lambda: self.runner.upscale(image.rgb, settings, on_step=on_step, should_stop=flag.is_set)
+            )
         except RunCancelled:
             logger.info("run cancelled by the user")
             raise
@@ -177,6 +215,23 @@ class WebController:
         return "Cancelling… the run stops after the current step."
 
     # ------------------------------------------------------------------------------------------------- internals
+    def _returning_memory(self, call: Callable[[], T]) -> T:
+        """``call()``; host or device out-of-memory becomes a :class:`UserInputError`, and the memory is returned
+        afterwards in every case (garbage collection, the accelerator's cache, the C heap)."""
+        from seesr.utils.device import is_out_of_memory, release_memory
+
+        failure = ""
+        try:
+            return call()
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            failure = f"{type(error).__name__}: {error}".rstrip(": ")  # text only: the error's frames must go
+            logger.warning("out of memory: %s", failure)
+        finally:
+            release_memory()  # on the out-of-memory path the exception, and the frames it held, are gone by now
+        raise UserInputError(OUT_OF_MEMORY_MESSAGE.format(error=failure))
+
     def _require_image(self, upload: InputImage | InvalidUpload | None) -> InputImage:
         if upload is None:
             raise UserInputError("Upload a photo first.")
@@ -214,7 +269,7 @@ def summary_markdown(result: UpscaleResult, input_size: tuple[int, int]) -> str:
     """The "used" panel under the result: tags, seed and every setting, as Markdown."""
     settings = result.settings
     tags = ", ".join(f"`{tag}`" for tag in result.tags) if result.tags else "*none*"
-    source = "yours" if settings.tags is not None else ("DAPE" if settings.use_tags else "tags off")
+    source = TAG_SOURCE_LABELS[settings.tags_source]
     width, height = input_size
     rows = [
         ("Tags", f"{tags} ({source})"),
@@ -253,11 +308,6 @@ def _shown_in_page(action: str) -> Iterator[None]:
     except RunCancelled:
         raise gr.Error("The run was cancelled.", title="Cancelled") from None
     except Exception as error:
-        if type(error).__name__ == "OutOfMemoryError":
-            raise gr.Error(
-                "The device ran out of memory. Try a smaller scale or tile size, or a smaller image.",
-                title=f"Cannot {action}",
-            ) from None
         logger.exception("failed to %s", action)
         raise gr.Error(
             f"Unexpected error ({type(error).__name__}); see the server log.", title=f"Cannot {action}"
@@ -327,6 +377,7 @@ def build_app(
                     elem_id="seesr-tags",
                 )
                 tags_info = gr.Markdown(elem_id="seesr-tags-info")
+                detected = gr.State(None)  # the tag box as "Detect tags" filled it: unedited tags are DAPE's
                 use_tags = gr.Checkbox(defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags")
                 prompt = gr.Textbox(
                     defaults.prompt,
@@ -339,6 +390,7 @@ def build_app(
                     defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
                 )
                 with gr.Accordion("Settings", open=True):
+                    gr.Markdown(defaults_markdown(defaults), elem_id="seesr-defaults")
                     with gr.Row():
                         steps = gr.Slider(
                             1,
@@ -408,28 +460,31 @@ def build_app(
             ok, message, size = controller.inspect_upload(checked(payload), scale_value)
             if not ok:
                 gr.Warning(message.strip("⚠️ *"))
-                return None, message, None, ""
-            return gr.skip(), message, size, ""  # a new photo: the previous photo's tags no longer apply
+                return None, message, None, "", None
+            return gr.skip(), message, size, "", None  # a new photo: the previous photo's tags no longer apply
 
         image_in.upload(
             on_upload,
             [image_in, scale],
-            [image_in, input_info, input_size, tags_box],
+            [image_in, input_info, input_size, tags_box, detected],
             preprocess=False,
             concurrency_limit=4,
             api_visibility="undocumented",
         )
-        image_in.clear(lambda: (controller.limits_markdown(), None, ""), None, [input_info, input_size, tags_box])
+        image_in.clear(
+            lambda: (controller.limits_markdown(), None, "", None), None, [input_info, input_size, tags_box, detected]
+        )
         scale.change(controller.describe_input, [input_size, scale], input_info, queue=False)
 
-        def on_detect(payload: Any) -> tuple[str, str]:
+        def on_detect(payload: Any) -> tuple[str, str, str]:
             with _shown_in_page("detect tags"):
-                return controller.detect(checked(payload))
+                text, status = controller.detect(checked(payload))
+            return text, status, text
 
         detect_event = detect_button.click(
             on_detect,
             [image_in],
-            [tags_box, tags_info],
+            [tags_box, tags_info, detected],
             api_name="detect_tags",
             preprocess=False,
             concurrency_id=DEVICE_QUEUE,
@@ -439,6 +494,7 @@ def build_app(
         def on_run(
             payload: Any,
             tags_text: str,
+            detected_text: str | None,
             use_tags_value: bool,
             prompt_value: str,
             added_value: str,
@@ -463,6 +519,7 @@ def build_app(
                     session=request.session_hash or "anonymous",
                     on_step=on_step,
                     tags_text=tags_text,
+                    detected_tags_text=detected_text,
                     use_tags=use_tags_value,
                     prompt=prompt_value,
                     added_prompt=added_value,
@@ -489,6 +546,7 @@ def build_app(
             [
                 image_in,
                 tags_box,
+                detected,
                 use_tags,
                 prompt,
                 added_prompt,

@@ -165,7 +165,7 @@ class PipelineRunner:
         location = getattr(self.pipeline, "model_location", None)
         extra = {
             "interface": "web",
-            "tags_source": "user" if settings.tags is not None else ("dape" if settings.use_tags else "none"),
+            "tags_source": settings.tags_source,
             "model": getattr(location, "description", None) or type(self.pipeline).__name__,
             "device": str(getattr(self.pipeline, "device", "")),
             "dtype": str(getattr(self.pipeline, "dtype", "")).replace("torch.", ""),

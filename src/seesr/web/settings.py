@@ -3,10 +3,12 @@
 Everything here is plain Python (no Gradio, no torch) so that it can be unit-tested on its own and reused by the
 app, the adapter (:mod:`seesr.web.runner`) and the ``seesr serve`` command.
 
-Defaults follow the official Gradio demo (``gradio_seesr.py``, spec §1.1): added prompt
-``"clean, high-resolution, 8k, best quality, masterpiece"``, the long negative prompt, CFG 5.5, 50 steps, seed 231,
-scale ×4 and the wavelet colour fix. Unlike the official demo, the seed really seeds the sampler and the tile size
-control is honoured.
+Defaults are those of ``seesr upscale`` (the prompts come from :mod:`seesr.pipeline.preprocess`, where the CLI
+takes them): added prompt ``"clean, high-resolution, 8k"``, negative prompt ``"dotted, noise, blur, lowres,
+smooth"``, CFG 5.5, 50 steps, scale ×4, the AdaIN colour fix and a new random seed per run (shown with the result).
+:meth:`WebSettings.official_demo` gives the official Gradio demo's instead (``seesr serve --demo-defaults``; spec
+§1.1): its longer added and negative prompts, the wavelet colour fix and seed 231. Unlike the official demo, the seed
+really seeds the sampler and the tile size control is honoured.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-#: Added ("positive") prompt of the official Gradio demo.
-DEFAULT_ADDED_PROMPT = "clean, high-resolution, 8k, best quality, masterpiece"
-#: Negative prompt of the official Gradio demo.
-DEFAULT_NEGATIVE_PROMPT = (
+from seesr.pipeline.preprocess import (
+    DEFAULT_ADDED_PROMPT,
+    DEFAULT_NEGATIVE_PROMPT,
+    ProcessingSizeError,
+    check_processing_size,
+)
+
+#: Added ("positive") prompt of the official Gradio demo (``seesr serve --demo-defaults``).
+DEMO_ADDED_PROMPT = "clean, high-resolution, 8k, best quality, masterpiece"
+#: Negative prompt of the official Gradio demo (``seesr serve --demo-defaults``).
+DEMO_NEGATIVE_PROMPT = (
     "dotted, noise, blur, lowres, oversmooth, longbody, bad anatomy, bad hands, missing fingers, "
     "extra digit, fewer digits, cropped, worst quality, low quality"
 )
-COLOR_FIXES: tuple[str, ...] = ("wavelet", "adain", "none")
+COLOR_FIXES: tuple[str, ...] = ("adain", "wavelet", "none")
 MAX_SEED = 2**32 - 1
+#: Where the tags of a run came from (``WebSettings.tags_source``), as the page words it.
+TAG_SOURCE_LABELS = {"dape": "DAPE", "user": "yours", "none": "tags off"}
 
 
 class UserInputError(ValueError):
@@ -67,7 +78,8 @@ class WebSettings:
     (:meth:`resolved` fixes it so that the settings shown under the result can reproduce it).
     ``latent_tile_size`` is in latent pixels (1 latent pixel = 8 image pixels). ``process_size`` (the official
     minimum processing size: inputs whose short side is below ``process_size // scale`` are enlarged first) is a
-    server setting, not a control of the page.
+    server setting, not a control of the page. ``dape_tags`` are the tags DAPE showed in the page for this image
+    ("Detect tags"), so that unedited tags are reported as DAPE's, not the user's.
     """
 
     prompt: str = ""
@@ -77,11 +89,29 @@ class WebSettings:
     use_tags: bool = True
     steps: int = 50
     guidance_scale: float = 5.5
-    seed: int | None = 231
-    color_fix: str = "wavelet"
+    seed: int | None = None
+    color_fix: str = "adain"
     scale: int = 4
     latent_tile_size: int = 96
     process_size: int = 512
+    dape_tags: tuple[str, ...] | None = None
+
+    @classmethod
+    def official_demo(cls, **changes: Any) -> WebSettings:
+        """The official Gradio demo's defaults (``seesr serve --demo-defaults``), with ``changes`` applied."""
+        demo = dict(
+            added_prompt=DEMO_ADDED_PROMPT, negative_prompt=DEMO_NEGATIVE_PROMPT, color_fix="wavelet", seed=231
+        )
+        return cls(**{**demo, **changes})
+
+    @property
+    def tags_source(self) -> str:
+        """``"dape"`` (detected, at run time or in the page, and not edited), ``"user"`` or ``"none"`` (tags off)."""
+        if not self.use_tags:
+            return "none"
+        if self.tags is None or self.tags == self.dape_tags:
+            return "dape"
+        return "user"
 
     def resolved(self) -> WebSettings:
         """Return a copy whose seed is a concrete number (a fresh random one when ``seed`` is ``None``)."""
@@ -93,7 +123,23 @@ class WebSettings:
         """JSON-ready view (tags as a list)."""
         data = asdict(self)
         data["tags"] = list(self.tags) if self.tags is not None else None
+        data["dape_tags"] = list(self.dape_tags) if self.dape_tags is not None else None
         return data
+
+
+def defaults_markdown(defaults: WebSettings) -> str:
+    """One line for the page saying where its initial values come from and what they are."""
+    if replace(defaults, process_size=512) == WebSettings():
+        origin = "the defaults of `seesr upscale`"
+    elif replace(defaults, process_size=512) == WebSettings.official_demo():
+        origin = "the official SeeSR demo's defaults (`seesr serve --demo-defaults`)"
+    else:
+        origin = "this server's defaults"
+    seed = "a new random seed each run" if defaults.seed is None else f"seed {defaults.seed}"
+    return (
+        f"Starts from {origin}: colour fix {defaults.color_fix}, {seed}, {defaults.steps} steps, guidance "
+        f"{defaults.guidance_scale:g}, ×{defaults.scale}, added prompt “{defaults.added_prompt}”."
+    )
 
 
 def parse_tags(text: str | None) -> tuple[str, ...] | None:
@@ -152,8 +198,11 @@ def make_settings(
     latent_tile_size: Any,
     limits: WebLimits,
     process_size: int = 512,
+    detected_tags_text: str | None = None,
 ) -> WebSettings:
     """Validate the raw values of the page's controls (which a client can forge) and build :class:`WebSettings`.
+
+    ``detected_tags_text`` is what "Detect tags" put in the tag box for this image (None if it was not pressed).
 
     Raises:
         UserInputError: with a message naming the control and the accepted range.
@@ -180,6 +229,7 @@ def make_settings(
         scale=_integer(scale, "scale", 1, limits.max_scale),
         latent_tile_size=_integer(latent_tile_size, "tile size", 16, 1024),
         process_size=process_size,
+        dape_tags=parse_tags(detected_tags_text),
     )
 
 
@@ -193,16 +243,22 @@ def check_input_size(width: int, height: int, limits: WebLimits) -> None:
         )
 
 
-def check_output_size(width: int, height: int, scale: int, limits: WebLimits) -> tuple[int, int]:
-    """Return the output size for ``scale`` or raise :class:`UserInputError` if it exceeds the output limit."""
-    out_w, out_h = width * scale, height * scale
-    if out_w * out_h > limits.max_output_pixels:
-        raise UserInputError(
-            f"At ×{scale} the result would be {out_w}×{out_h} ({_megapixels(out_w * out_h)}), above this "
-            f"server's limit of {_megapixels(limits.max_output_pixels)}. Choose a smaller scale or a smaller "
-            "image, or restart `seesr serve` with a larger --max-output-pixels."
+def check_output_size(width: int, height: int, scale: int, limits: WebLimits, process_size: int) -> tuple[int, int]:
+    """Return the output size at ``scale``, or raise :class:`UserInputError` if the image cannot be processed.
+
+    The check is :func:`seesr.pipeline.preprocess.check_processing_size`, the one ``seesr upscale`` makes: the
+    output *and the working size* (small or odd-shaped inputs are enlarged to ``process_size`` first, so a 3×100000
+    strip would be worked on at 512×17,066,664) must stay within ``limits.max_output_pixels``.
+    """
+    try:
+        return check_processing_size(
+            width, height, scale=scale, process_size=process_size, max_output_pixels=limits.max_output_pixels
         )
-    return out_w, out_h
+    except ProcessingSizeError as error:
+        message = f"This image cannot be upscaled on this server: {error}."
+        if "--max-output-pixels" in message or "--process-size" in message:
+            message += " (--max-output-pixels and --process-size are options of `seesr serve`; Scale is in the page.)"
+        raise UserInputError(message) from None
 
 
 def _megapixels(pixels: int) -> str:
