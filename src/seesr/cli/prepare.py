@@ -31,8 +31,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Interrupted runs resume where they stopped when re-run with the same options."
         ),
     )
-    parser.add_argument("--gt", nargs="+", required=True, metavar="DIR", help="folders of HR images (not recursive)")
+    parser.add_argument("--gt", nargs="+", metavar="DIR", help="folders of HR images (not recursive)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    coco = parser.add_argument_group(
+        "COCO semantic test set (the paper's Table 3; instead of --gt)",
+        "writes OUT/gt (each image resized to --size²), OUT/lr (training degradation, seed per COCO image id), "
+        "OUT/instances.json and OUT/panoptic.json + OUT/panoptic/ (annotations rescaled to --size²); "
+        "score it with `seesr benchmark --semantic --dataset OUT`",
+    )
+    coco.add_argument("--coco", metavar="VAL2017_DIR", help="folder of the COCO images (e.g. val2017/)")
+    coco.add_argument("--annotations", metavar="JSON", help="COCO instance annotations (instances_val2017.json)")
+    coco.add_argument("--panoptic", metavar="JSON", help="COCO panoptic annotations (panoptic_val2017.json)")
+    coco.add_argument(
+        "--panoptic-masks", metavar="DIR", help="the panoptic PNG folder (default: the json path without .json)"
+    )
+    coco.add_argument("--limit", type=int, metavar="N", help="only the first N images by COCO id")
     parser.add_argument(
         "--epochs",
         type=int,
@@ -85,8 +98,47 @@ def _require_scipy() -> None:
         ) from None
 
 
+def _run_coco(args: argparse.Namespace) -> int:
+    from seesr.data.coco import CocoPrepareOptions, prepare_coco
+    from seesr.data.prepare import PrepareError
+
+    if args.gt or args.annotations is None:
+        raise CLIError("--coco needs --annotations (and takes no --gt)", EXIT_USAGE)
+    options = CocoPrepareOptions(
+        images_dir=Path(args.coco),
+        annotations=Path(args.annotations),
+        out=Path(args.out),
+        panoptic=None if args.panoptic is None else Path(args.panoptic),
+        panoptic_masks=None if args.panoptic_masks is None else Path(args.panoptic_masks),
+        size=args.size,
+        scale=args.scale,
+        seed=args.seed,
+        preset=args.preset,
+        limit=args.limit,
+        device=args.device,
+    )
+    try:
+        report = prepare_coco(options)
+    except PrepareError as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
+    for message in report.failed:
+        print(f"seesr prepare: failed {message}", file=sys.stderr)  # noqa: T201
+    dropped = f", {report.dropped_segments} panoptic segment(s) lost in the resize" if report.dropped_segments else ""
+    print(  # noqa: T201
+        f"{report.total} COCO image(s) in {options.out}: {report.written} written, "
+        f"{report.skipped_complete} already done"
+        + (f", {len(report.failed)} failed" if report.failed else "")
+        + dropped
+    )
+    return EXIT_FAILURE if report.failed else EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     _require_scipy()
+    if args.coco is not None:
+        return _run_coco(args)
+    if not args.gt:
+        raise CLIError("pass --gt DIR [DIR ...] (HR photos) or --coco VAL2017_DIR --annotations JSON", EXIT_USAGE)
     from seesr.data.prepare import PrepareError, PrepareOptions, prepare_dataset
 
     if args.tagger is not None and args.no_tags:
