@@ -205,3 +205,15 @@ def test_prepare_without_tagger_names_the_ram_file_and_its_flag(fresh_hf_cache, 
     assert "DAPE.pth" not in err and "--model" not in err and "FOLDER/" not in err
     assert len(err.splitlines()) <= 5
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_no_download_names_the_missing_files_before_loading(fresh_hf_cache, no_network, capsys):
+    pytest.importorskip("gradio", reason="seesr serve needs the web extra")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--no-download", "--port", str(port), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "--no-download is set" in err and "CSWRY/SeeSR: DAPE.pth" in err and "Traceback" not in err
