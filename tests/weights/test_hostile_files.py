@@ -182,3 +182,17 @@ def test_hostile_stock_component_config_is_refused(tmp_path, component, file, ch
     message = str(error.value)
     assert "\n" not in message and f"cannot load the {component}" in message
     assert str(config) in message and named in message
+
+
+@pytest.mark.parametrize("file", ["vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"])
+def test_truncated_stock_component_says_delete_and_download(tmp_path, file):
+    from seesr.weights.loading import ModelLoadError, load_components
+
+    root = tmp_path / "release"
+    shutil.copytree(TINY, root, ignore=shutil.ignore_patterns("pipeline_case*", "*_io.*", "*.png"))
+    data = (root / file).read_bytes()
+    (root / file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError) as error:
+        load_components(root, load_tagger=False)
+    message = str(error.value)
+    assert "\n" not in message and str(root / file) in message and "delete it and download again" in message

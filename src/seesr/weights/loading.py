@@ -49,6 +49,18 @@ def _check_config(component: str, path: Path, limits: dict[str, int]) -> None:
         raise ModelLoadError(f"cannot load the {component}: {error}") from None
 
 
+def _check_weight_files(component: str, folder: Path) -> None:
+    """Read the safetensors headers of a stock component (cheap): a truncated or corrupt file is named with the fix
+    ("delete it and download again") instead of the library's traceback."""
+    from seesr.weights.reader import WeightReadError, read_tensor_specs
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            read_tensor_specs(file)
+        except WeightReadError as error:
+            raise ModelLoadError(f"cannot load the {component}: {error}") from None
+
+
 def load_scheduler(folder: Path) -> Any:
     """``DDPMScheduler`` from a scheduler folder, whatever class its config names."""
     from diffusers import DDPMScheduler
@@ -70,6 +82,7 @@ def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) ->
     from seesr.models.limits import TEXT_ENCODER_CONFIG_LIMITS
 
     _check_config("text encoder", folder / "config.json", TEXT_ENCODER_CONFIG_LIMITS)
+    _check_weight_files("text encoder", folder)
     try:
         model = CLIPTextModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     except Exception as error:
@@ -109,6 +122,7 @@ def load_vae(folder: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from seesr.models.limits import VAE_CONFIG_LIMITS
 
     _check_config("VAE", folder / "config.json", VAE_CONFIG_LIMITS)
+    _check_weight_files("VAE", folder)
     try:
         vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
     except Exception as error:
