@@ -131,3 +131,11 @@ def test_download_revision_pin_relocks_and_repairs(hub, monkeypatch, capsys):
     assert main(["download", "--quiet"]) == 0
     assert [p for method, p in hub.requests if method == "GET"] == [f"/CSWRY/SeeSR/resolve/{OTHER_COMMIT}/DAPE.pth"]
     assert resolve_model(None).dape_checkpoint.read_bytes() == (TINY / "ram" / "DAPE.pth").read_bytes()
+
+
+def test_download_of_an_unknown_revision_is_one_clear_line(hub, capsys):
+    missing = "1" * 40
+    assert main(["download", "--revision", f"CSWRY/SeeSR={missing}"]) == 1
+    err = capsys.readouterr().err
+    assert f"at revision {missing}" in err and "Traceback" not in err
+    assert not weights_lock.read_lock()  # nothing locked, nothing half-fetched
