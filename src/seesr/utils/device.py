@@ -41,8 +41,26 @@ def is_accelerator_oom(error: BaseException) -> bool:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True when host memory (:class:`MemoryError`) or accelerator memory ran out."""
-    return isinstance(error, MemoryError) or is_accelerator_oom(error)
+    """True when host memory (:class:`MemoryError`, or PyTorch's "DefaultCPUAllocator: can't allocate memory")
+    or accelerator memory ran out."""
+    if isinstance(error, MemoryError) or is_accelerator_oom(error):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def available_memory(device: torch.device | str | None = None) -> int | None:
+    """Bytes that a computation on ``device`` can still use: the host's available memory, plus the free memory
+    of a CUDA device (large tensors may live in either); None when it cannot be measured."""
+    try:
+        import psutil  # a dependency of accelerate
+
+        total = int(psutil.virtual_memory().available)
+    except (ImportError, OSError):
+        return None
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        total += int(torch.cuda.mem_get_info(device)[0])
+    return total
 
 
 def free_accelerator_memory() -> None:
