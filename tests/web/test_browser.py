@@ -195,7 +195,7 @@ def test_detect_edit_run_compare_download(page, images, server, tmp_path):
     expect(page.locator("#seesr-input-info")).to_contain_text("result 80×64 px at ×2")
 
     page.locator("#seesr-detect").click()
-    expect(page.locator("#seesr-tags-info")).to_contain_text("DAPE found")
+    expect(page.locator("#seesr-tags-info")).to_contain_text("DAPE found", timeout=UI_TIMEOUT_MS)
     tags_box = page.locator("#seesr-tags textarea")
     detected = [tag.strip() for tag in tags_box.input_value().split(",") if tag.strip()]
     assert detected, "the tiny DAPE found no tags for the photo"
@@ -204,7 +204,7 @@ def test_detect_edit_run_compare_download(page, images, server, tmp_path):
 
     page.locator("#seesr-run").click()
     prompt_used = page.locator("#seesr-prompt-used textarea")
-    expect(prompt_used).to_have_value(re.compile("tabby cat"))
+    expect(prompt_used).to_have_value(re.compile("tabby cat"), timeout=UI_TIMEOUT_MS)
     assert prompt_used.input_value().startswith(", ".join(edited) + ", ")
     assert detected[0] not in prompt_used.input_value().split(", ")[:1]
     summary = page.locator("#seesr-settings-used")
@@ -246,7 +246,7 @@ def test_progress_and_cancel(page, images, server):
     page.locator("#seesr-steps input[type=number]").fill("200")
     page.locator("#seesr-tags textarea").fill("cat")  # skip tagging: straight to the steps
     page.locator("#seesr-run").click()
-    expect(page.locator("#seesr-compare").get_by_text(re.compile(r"Denoising"))).to_be_visible()
+    expect(page.locator("#seesr-compare").get_by_text(re.compile(r"Denoising"))).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.locator("#seesr-cancel").click()
     expect(page.locator("#seesr-settings-used")).to_contain_text("Cancelling")
 
@@ -257,9 +257,10 @@ def test_progress_and_cancel(page, images, server):
 
     # the device is free again: a short run completes; DAPE's tags, left as detected, are labelled DAPE's
     page.locator("#seesr-detect").click()
-    expect(page.locator("#seesr-tags-info")).to_contain_text("DAPE found")
+    expect(page.locator("#seesr-tags-info")).to_contain_text("DAPE found", timeout=UI_TIMEOUT_MS)
     detected = page.locator("#seesr-tags textarea").input_value()
     page.locator("#seesr-steps input[type=number]").fill("1")
     page.locator("#seesr-run").click()
-    expect(page.locator("#seesr-prompt-used textarea")).to_have_value(re.compile("^" + re.escape(detected + ", ")))
+    prompt_used = page.locator("#seesr-prompt-used textarea")
+    expect(prompt_used).to_have_value(re.compile("^" + re.escape(detected + ", ")), timeout=UI_TIMEOUT_MS)
     expect(page.locator("#seesr-settings-used")).to_contain_text("(DAPE)")
