@@ -1,0 +1,183 @@
+"""Table 3's four numbers from a segmenter's predictions, each computed by a well-kept library.
+
+* box AP and mask AP: ``pycocotools.cocoeval.COCOeval`` (``stats[0]``: AP at IoU .50:.05:.95, all areas, 100 dets);
+* PQ: ``torchmetrics.detection.PanopticQuality`` (things and stuff of the panoptic categories; averaged over the
+  categories present in the GT or the predictions);
+* mIoU: ``torchmetrics.classification.MulticlassJaccardIndex`` on the semantic maps derived from the panoptic maps
+  (one class per panoptic category), averaged over the categories present in the GT or the predictions.
+
+All values are percentages (0-100), as the paper reports them. Differences from panopticapi, documented: COCO
+"crowd" segments and unlabelled GT pixels are void (ignored) for PQ and mIoU; panopticapi instead removes only the
+crowd pixels a predicted segment of the same class covers before counting it as a false positive.
+
+Predictions (:class:`ImagePrediction`) hold, per image, COCO "results" dicts for detection/instance segmentation
+(``category_id``, ``bbox`` xywh, ``score``, ``segmentation`` as RLE) and a panoptic id map with its segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ImagePrediction",
+    "PanopticGT",
+    "box_mask_ap",
+    "load_panoptic_gt",
+    "panoptic_and_miou",
+    "score_predictions",
+]
+
+logger = logging.getLogger(__name__)
+
+VOID = -1  # category of pixels nobody labelled (or crowd): ignored by PQ and mIoU
+
+
+@dataclass
+class ImagePrediction:
+    """A segmenter's output on one image: COCO results (instances) and a panoptic map (``segment ids``, 0 = none)."""
+
+    image_id: int
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    panoptic: np.ndarray | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # {"id", "category_id"}
+
+
+@dataclass
+class PanopticGT:
+    """The panoptic ground truth of a prepared set: categories and, per image id, (id map, segments)."""
+
+    categories: list[dict[str, Any]]
+    images: dict[int, tuple[np.ndarray, list[dict[str, Any]]]]
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(io.StringIO())  # COCOeval prints its tables; the report has the numbers
+
+
+def _coco_from(annotations: dict[str, Any] | str | Path, image_ids: Iterable[int] | None = None) -> Any:
+    from pycocotools.coco import COCO
+
+    data = annotations if isinstance(annotations, dict) else json.loads(Path(annotations).read_text("utf-8"))
+    if image_ids is not None:
+        keep = set(image_ids)
+        data = {
+            **data,
+            "images": [i for i in data["images"] if i["id"] in keep],
+            "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+        }
+    coco = COCO()
+    coco.dataset = data
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def box_mask_ap(annotations: dict[str, Any] | str | Path, predictions: Sequence[ImagePrediction]) -> dict[str, float]:
+    """``{"ap_box", "ap_mask"}`` in percent over the images of ``predictions`` (pycocotools COCOeval)."""
+    from pycocotools.cocoeval import COCOeval
+
+    image_ids = [p.image_id for p in predictions]
+    gt = _coco_from(annotations, image_ids)
+    results = [{**r, "image_id": p.image_id} for p in predictions for r in p.instances]
+    scores = {}
+    for iou_type, key in (("bbox", "ap_box"), ("segm", "ap_mask")):
+        if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
+            scores[key] = 0.0
+            continue
+        with _quiet():
+            detections = gt.loadRes([dict(r) for r in results])
+            evaluator = COCOeval(gt, detections, iou_type)
+            evaluator.params.imgIds = image_ids
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        value = float(evaluator.stats[0])
+        scores[key] = max(value, 0.0) * 100  # -1 = no GT of any category: 0
+    return scores
+
+
+def load_panoptic_gt(panoptic_json: Path, masks_dir: Path, image_ids: Iterable[int] | None = None) -> PanopticGT:
+    """Read a panoptic annotation file and its id PNGs (R + 256 G + 256² B)."""
+    from PIL import Image
+
+    data = json.loads(Path(panoptic_json).read_text("utf-8"))
+    keep = None if image_ids is None else set(image_ids)
+    images = {}
+    for annotation in data["annotations"]:
+        if keep is not None and annotation["image_id"] not in keep:
+            continue
+        with Image.open(Path(masks_dir) / annotation["file_name"]) as image:
+            rgb = np.asarray(image.convert("RGB")).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        images[annotation["image_id"]] = (ids, annotation["segments_info"])
+    return PanopticGT(categories=data["categories"], images=images)
+
+
+def _category_map(ids: np.ndarray, segments: Sequence[dict[str, Any]], ignore_crowd: bool) -> np.ndarray:
+    """(H, W) category id of every pixel (``VOID`` for unlabelled pixels and, when asked, crowd segments)."""
+    categories = np.full(ids.shape, VOID, dtype=np.int64)
+    for segment in segments:
+        if ignore_crowd and segment.get("iscrowd", 0):
+            continue
+        categories[ids == segment["id"]] = segment["category_id"]
+    return categories
+
+
+def panoptic_and_miou(gt: PanopticGT, predictions: Sequence[ImagePrediction]) -> dict[str, float]:
+    """``{"pq", "sq", "rq", "miou"}`` in percent over the images of ``predictions`` that have a panoptic map."""
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+    from torchmetrics.detection import PanopticQuality
+
+    things = {c["id"] for c in gt.categories if c.get("isthing", 1)}
+    stuffs = {c["id"] for c in gt.categories if not c.get("isthing", 1)}
+    index = {c["id"]: i for i, c in enumerate(sorted(gt.categories, key=lambda c: c["id"]))}
+    void_class = len(index)  # predicted "nothing" or unknown category: a class of its own, never averaged
+    pq_metric = PanopticQuality(things=things, stuffs=stuffs, allow_unknown_preds_category=True, return_sq_and_rq=True)
+    iou_metric = MulticlassJaccardIndex(num_classes=len(index) + 1, average="none", ignore_index=255)
+    lookup = np.full(max(index) + 2, void_class, dtype=np.int64)  # category id -> class (last slot: VOID)
+    for category, position in index.items():
+        lookup[category] = position
+    for prediction in predictions:
+        if prediction.panoptic is None or prediction.image_id not in gt.images:
+            continue
+        gt_ids, gt_segments = gt.images[prediction.image_id]
+        gt_categories = _category_map(gt_ids, gt_segments, ignore_crowd=True)
+        pred_categories = _category_map(prediction.panoptic, prediction.segments, ignore_crowd=False)
+        pred_categories[~np.isin(pred_categories, list(index))] = VOID
+        pair = [
+            np.stack([c, np.where(c == VOID, 0, i)], axis=-1)
+            for c, i in ((pred_categories, prediction.panoptic), (gt_categories, gt_ids))
+        ]
+        pq_metric.update(torch.from_numpy(pair[0])[None], torch.from_numpy(pair[1])[None])
+        target = torch.from_numpy(np.where(gt_categories == VOID, 255, lookup[gt_categories]))
+        iou_metric.update(torch.from_numpy(lookup[pred_categories])[None], target[None])
+    pq, sq, rq = (float(v) * 100 for v in pq_metric.compute())
+    per_class = iou_metric.compute()[:void_class]
+    confusion = iou_metric.confmat.double()
+    union = (confusion.sum(0) + confusion.sum(1) - confusion.diagonal())[:void_class]
+    present = union > 0
+    miou = float(per_class[present].mean()) * 100 if bool(present.any()) else 0.0
+    return {"pq": pq, "sq": sq, "rq": rq, "miou": miou}
+
+
+def score_predictions(dataset: Path, predictions: Sequence[ImagePrediction]) -> dict[str, float]:
+    """All Table 3 numbers of ``predictions`` on a ``seesr prepare --coco`` folder (PQ/mIoU need its panoptic.json)."""
+    from seesr.data.coco import INSTANCES_NAME, PANOPTIC_DIR, PANOPTIC_NAME
+
+    scores = box_mask_ap(Path(dataset) / INSTANCES_NAME, predictions)
+    if (Path(dataset) / PANOPTIC_NAME).is_file():
+        gt = load_panoptic_gt(
+            Path(dataset) / PANOPTIC_NAME, Path(dataset) / PANOPTIC_DIR, [p.image_id for p in predictions]
+        )
+        scores.update(panoptic_and_miou(gt, predictions))
+    return scores
