@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from PIL import Image
 
-from seesr.pipeline.batch import UpscaleSettings, plan_outputs, upscale_files
+from seesr.pipeline.batch import (
+    UpscaleSettings,
+    output_conflicts,
+    plan_outputs,
+    read_record,
+    split_seesr_outputs,
+    upscale_files,
+)
 from seesr.pipeline.vae_tiling import VAETilingConfig
 
 
@@ -40,14 +48,131 @@ def _inputs(tmp_path, names=("a.png",), size=(64, 48)):
     return paths
 
 
-def test_output_names(tmp_path):
+def test_output_names_depend_only_on_the_input(tmp_path):
+    """Issue 19 D6: before, a name depended on the other inputs of the batch (``a_png.png`` / ``a_jpg.png``)."""
     files = [tmp_path / "x" / "a.png", tmp_path / "y" / "a.jpg", tmp_path / "b.webp"]
     plan = plan_outputs(files, tmp_path / "out", 4)
-    assert [p.name for p in plan.values()] == ["a_png.png", "a_jpg.png", "b.png"]
-    # writing next to the inputs never targets an input file
-    same = plan_outputs([tmp_path / "a.png", tmp_path / "a_x4.png"], tmp_path, 4)
-    assert same[tmp_path / "a.png"] == tmp_path / "a_x4_2.png" or same[tmp_path / "a.png"].name == "a_x4_2.png"
-    assert tmp_path / "a.png" not in same.values() and tmp_path / "a_x4.png" not in same.values()
+    assert [p.name for p in plan.values()] == ["a.png", "a.png", "b.png"]
+    for file in files:
+        assert plan_outputs([file], tmp_path / "out", 4)[file] == plan[file]
+    # two inputs with one name: the later one is refused by name (every run alike), never renamed
+    conflicts = output_conflicts(plan)
+    assert list(conflicts) == [files[1]] and "same output name as" in conflicts[files[1]]
+    assert str(files[0]) in conflicts[files[1]]
+    # writing next to the inputs: a fixed suffix, whatever else is in the folder
+    same = plan_outputs([tmp_path / "a.png", tmp_path / "b.jpg"], tmp_path, 4)
+    assert [p.name for p in same.values()] == ["a_x4.png", "b_x4.png"]
+    clash = plan_outputs([tmp_path / "a.png", tmp_path / "a_x4.jpg"], tmp_path, 4)
+    assert output_conflicts(clash) == {} and tmp_path / "a.png" not in clash.values()
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_skip_existing_redoes_empty_damaged_and_foreign_results(tmp_path):
+    """Issue 13 item 8: a 0-byte or unreadable output counted as done."""
+    files = _inputs(tmp_path, ("a.png", "b.png", "c.png"))
+    out = tmp_path / "out"
+    settings = UpscaleSettings(seed=1, process_size=32)
+    assert upscale_files(FakePipeline(), files, out, settings, show_progress=False).ok
+    (out / "a.png").write_bytes(b"")
+    data = (out / "b.png").read_bytes()
+    (out / "b.png").write_bytes(data[: len(data) // 2])
+    report = upscale_files(FakePipeline(), files, out, settings, skip_existing=True, show_progress=False)
+    assert [r.status for r in report.results] == ["ok", "ok", "skipped"]
+    assert Image.open(out / "a.png").size == (256, 192) and Image.open(out / "b.png").size == (256, 192)
+
+
+def test_skip_existing_skips_what_a_previous_run_wrote_whatever_the_batch(tmp_path):
+    """Issue 19 D6: the same input is skipped in a batch with other files; another file with its name is not."""
+    first = _inputs(tmp_path, ("y.jpg",))
+    out = tmp_path / "out"
+    settings = UpscaleSettings(seed=1, process_size=32)
+    upscale_files(FakePipeline(), first, out, settings, show_progress=False)
+    (tmp_path / "more").mkdir()
+    second = first + _inputs(tmp_path / "more", ("z.png",))
+    report = upscale_files(FakePipeline(), second, out, settings, skip_existing=True, show_progress=False)
+    assert [r.status for r in report.results] == ["skipped", "ok"] and _names(out) == ["y.png", "z.png"]
+    record = read_record(out / "y.png")
+    assert record["input"] == "y.jpg" and len(record["input_sha256"]) == 64
+    # another picture called y: its result is made, not mistaken for the earlier one
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "y.png"
+    Image.new("RGB", (64, 48), (200, 0, 0)).save(other)
+    report = upscale_files(FakePipeline(), [other], out, settings, skip_existing=True, show_progress=False)
+    assert report.results[0].status == "ok"
+
+
+def test_seesr_outputs_are_recognised_by_their_metadata(tmp_path):
+    files = _inputs(tmp_path, ("a.png", "b.jpg"))
+    settings = UpscaleSettings(seed=1, process_size=32)
+    upscale_files(FakePipeline(), files, tmp_path, settings, show_progress=False)  # -o = the input folder
+    everything = sorted(tmp_path.iterdir())
+    inputs, outputs = split_seesr_outputs(everything)
+    assert [p.name for p in inputs] == ["a.png", "b.jpg"] and [p.name for p in outputs] == ["a_x4.png", "b_x4.png"]
+
+
+def test_someone_elses_picture_is_never_replaced(tmp_path):
+    files = _inputs(tmp_path, ("a.png",))
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (5, 5)).save(tmp_path / "out" / "a.png")
+    before = (tmp_path / "out" / "a.png").read_bytes()
+    report = upscale_files(FakePipeline(), files, tmp_path / "out", UpscaleSettings(), show_progress=False)
+    assert report.results[0].status == "failed" and "not written by seesr upscale" in report.results[0].message
+    assert (tmp_path / "out" / "a.png").read_bytes() == before
+
+
+def test_processing_size_guard_refuses_per_file_and_the_batch_goes_on(tmp_path, monkeypatch):
+    """Issue 13 item 2: a thin strip was enlarged to a huge working image; now it is refused before any work."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (3, 1000)).save(strip)
+    files = [strip, *_inputs(tmp_path, ("big.png", "ok.png"), size=(64, 48))]
+    Image.new("RGB", (200, 150)).save(files[1])
+    pipe = FakePipeline()
+    settings = UpscaleSettings(seed=1, process_size=32, max_output_pixels=256 * 192)
+    report = upscale_files(pipe, files, tmp_path / "out", settings, show_progress=False)
+    assert [r.status for r in report.results] == ["failed", "failed", "ok"]
+    assert "aspect ratio" in report.results[0].message and str(strip) in report.results[0].message
+    assert "--max-output-pixels" in report.results[1].message and "800x600" in report.results[1].message
+    assert len(pipe.calls) == 1  # the refused files never reached the pipeline
+    # more than the memory available: refused with the estimate, unless the check is turned off
+    monkeypatch.setattr("seesr.pipeline.batch.available_memory", lambda device=None: 10_000_000)
+    report = upscale_files(pipe, files[2:], tmp_path / "out2", settings, show_progress=False)
+    assert report.results[0].status == "failed" and "GB of memory" in report.results[0].message
+    assert "--no-memory-check" in report.results[0].message
+    no_check = UpscaleSettings(seed=1, process_size=32, check_memory=False)
+    assert upscale_files(pipe, files[2:], tmp_path / "out2", no_check, show_progress=False).ok
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried"),
+    ],
+)
+def test_host_memory_errors_fail_one_file_and_the_batch_goes_on(tmp_path, error):
+    """Issue 13 item 2: MemoryError was not caught per file, so the batch stopped."""
+
+    class RunsOutOnce(FakePipeline):
+        def __call__(self, image, **kwargs):
+            if not self.calls:
+                self.calls.append(kwargs)
+                raise error
+            return super().__call__(image, **kwargs)
+
+    files = _inputs(tmp_path, ("a.png", "b.png"))
+    report = upscale_files(RunsOutOnce(), files, tmp_path / "out", UpscaleSettings(seed=1), show_progress=False)
+    assert [r.status for r in report.results] == ["failed", "ok"]
+    assert "out of memory" in report.results[0].message and str(files[0]) in report.results[0].message
+
+
+def test_tag_edits_reach_the_pipeline(tmp_path):
+    pipe = FakePipeline()
+    settings = UpscaleSettings(seed=1, extra_tags=("sky",), remove_tags=("car",))
+    upscale_files(pipe, _inputs(tmp_path), tmp_path / "out", settings, show_progress=False)
+    assert pipe.calls[0]["extra_tags"] == ["sky"] and pipe.calls[0]["remove_tags"] == ["car"]
 
 
 def test_out_of_memory_retries_with_smaller_tiles(tmp_path):

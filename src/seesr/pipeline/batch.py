@@ -8,11 +8,11 @@ still written. Outputs are written atomically and never onto an input file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +21,24 @@ from typing import Any
 from PIL import Image
 
 from seesr import __version__
-from seesr.pipeline.preprocess import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT, process_size_for
+from seesr.pipeline.preprocess import (
+    DEFAULT_ADDED_PROMPT,
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    DEFAULT_NEGATIVE_PROMPT,
+    ProcessingSizeError,
+    check_processing_size,
+    process_size_for,
+)
+from seesr.utils.device import available_memory, is_out_of_memory, release_memory
 from seesr.utils.device import free_accelerator_memory as _free_accelerator_memory
 from seesr.utils.device import is_accelerator_oom as _is_oom
-from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, load_image, save_image_atomic
+from seesr.utils.images import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    ImageReadError,
+    LoadedImage,
+    load_image,
+    save_image_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,10 @@ class UpscaleSettings:
     conditioning_scale: float = 1.0  # --conditioning-scale
     start_point: str = "lr"  # --start-point
     max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS  # --max-input-pixels
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # --max-output-pixels (working and output size)
+    check_memory: bool = True  # --no-memory-check turns the estimated-peak-memory refusal off
+    extra_tags: tuple[str, ...] = ()  # --extra-tags
+    remove_tags: tuple[str, ...] = ()  # --remove-tags
 
 
 @dataclass
@@ -76,25 +94,114 @@ class UpscaleReport:
         return self.count("failed") == 0
 
 
+#: PNG text key holding the settings record; its presence marks a file that ``seesr upscale`` wrote
+RECORD_KEY = "seesr"
+
+
+def output_path(source: Path, outdir: Path, scale: int) -> Path:
+    """Where the result for ``source`` goes; it depends on that input and OUTDIR only, never on the other inputs.
+
+    ``OUTDIR/<stem>.png``; ``OUTDIR/<stem>_x<scale>.png`` when OUTDIR is the input's own folder (so that the result
+    never replaces an input and a rerun finds it again).
+    """
+    if outdir.resolve() == source.parent.resolve():
+        return outdir / f"{source.stem}_x{scale}.png"
+    return outdir / f"{source.stem}.png"
+
+
 def plan_outputs(files: Sequence[Path], outdir: Path, scale: int) -> dict[Path, Path]:
-    """``OUTDIR/<stem>.png`` per input, disambiguated when stems collide (``<stem>_<ext>.png``) and moved aside
-    (``<name>_x<scale>.png``) when it would be an input file itself (OUTDIR = input folder)."""
-    stems = Counter(file.stem for file in files)
-    inputs = {file.resolve() for file in files}
-    plan: dict[Path, Path] = {}
-    used: set[Path] = set()
+    """:func:`output_path` for every input (two inputs may share a target: see :func:`output_conflicts`)."""
+    return {file: output_path(file, outdir, scale) for file in files}
+
+
+def output_conflicts(plan: Mapping[Path, Path]) -> dict[Path, str]:
+    """One-line refusals for inputs whose target an earlier input of the plan already claims, or which is an input.
+
+    The plan covers every input of a run (also when each process takes a shard), so every process refuses the
+    same inputs.
+    """
+    inputs = {file.resolve(): file for file in plan}
+    claimed: dict[Path, Path] = {}
+    conflicts: dict[Path, str] = {}
+    for file, target in plan.items():
+        key = target.resolve()
+        if key in inputs:
+            conflicts[file] = f"{file}: its output {target} would replace the input {inputs[key]}; rename one of them"
+        elif key in claimed:
+            conflicts[file] = (
+                f"{file}: same output name as {claimed[key]} ({target}); rename one of them or upscale them into "
+                "different -o folders"
+            )
+        else:
+            claimed[key] = file
+    return conflicts
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The settings record of a PNG that ``seesr upscale`` wrote, or None (another file, or unreadable)."""
+    try:
+        with Image.open(path) as image:
+            text = image.info.get(RECORD_KEY) if image.format == "PNG" else None
+        record = json.loads(text) if isinstance(text, str) else None
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def split_seesr_outputs(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """``(inputs, earlier_outputs)``: PNGs carrying seesr's record were written by ``seesr upscale`` and are never
+    taken as inputs (a rerun into the input folder must not upscale its own results)."""
+    inputs: list[Path] = []
+    outputs: list[Path] = []
     for file in files:
-        name = file.stem if stems[file.stem] == 1 else f"{file.stem}_{file.suffix.lstrip('.').lower() or 'noext'}"
-        target = outdir / f"{name}.png"
-        if target.resolve() in inputs or target.resolve() in used:
-            target = outdir / f"{name}_x{scale}.png"
-        counter = 2
-        while target.resolve() in inputs or target.resolve() in used:
-            target = outdir / f"{name}_x{scale}_{counter}.png"
-            counter += 1
-        used.add(target.resolve())
-        plan[file] = target
-    return plan
+        is_output = file.suffix.lower() == ".png" and read_record(file) is not None
+        (outputs if is_output else inputs).append(file)
+    return inputs, outputs
+
+
+def input_fingerprint(path: Path) -> str:
+    """sha256 of an input file: stored in its output, so a rerun recognises what it already wrote."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _complete_record(target: Path) -> dict[str, Any] | None:
+    """The record of ``target`` if it is a complete, readable PNG that seesr wrote; else None."""
+    try:
+        if target.stat().st_size == 0:
+            return None
+        with Image.open(target) as image:
+            image.verify()  # every chunk's CRC up to IEND: a truncated or damaged file fails here
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return read_record(target)
+
+
+def already_done(source: Path, target: Path) -> bool:
+    """``--skip-existing``: ``target`` is a complete, readable result that seesr made from this very input file
+    (same sha256). A 0-byte, truncated or unreadable file, or the result of another input, is redone."""
+    record = _complete_record(target)
+    if record is None:
+        return False
+    try:
+        return record.get("input_sha256") == input_fingerprint(source)
+    except OSError:
+        return False
+
+
+def _foreign_file(target: Path) -> bool:
+    """True when ``target`` is a readable image that seesr did not write (someone's picture: never replaced)."""
+    if not target.exists() or target.is_dir():
+        return target.is_dir()
+    try:
+        with Image.open(target) as image:
+            image.verify()
+    except (OSError, ValueError, SyntaxError):
+        return False  # empty or damaged: an interrupted copy, not a picture worth keeping
+    return read_record(target) is None
 
 
 def png_metadata(
@@ -130,6 +237,8 @@ def upscale_image(pipe: Any, image: Image.Image, settings: UpscaleSettings, seed
         latent_tile_size=tile_size,
         latent_tile_overlap=settings.latent_tile_overlap,
         color_fix=settings.color_fix,
+        extra_tags=list(settings.extra_tags),
+        remove_tags=list(settings.remove_tags),
         seed=seed,
     )
 
@@ -188,39 +297,60 @@ def upscale_files(
     on_result: Callable[[FileResult], None] | None = None,
     output_plan: Mapping[Path, Path] | None = None,
 ) -> UpscaleReport:
-    """Upscale ``files`` into ``outdir`` (``<stem>.png``); one :class:`FileResult` per file, in order.
+    """Upscale ``files`` into ``outdir`` (names: :func:`output_path`); one :class:`FileResult` per file, in order.
 
     Args:
         pipe: a loaded ``SeeSRPipeline``.
         files: input image paths (already expanded; see :func:`seesr.utils.images.iter_image_files`).
         outdir: output folder (created).
         settings: generation settings; ``settings.seed`` None draws a random seed per image.
-        skip_existing: leave files whose output already exists untouched (status ``skipped``).
+        skip_existing: leave inputs whose complete result from a previous run exists (:func:`already_done`).
         show_progress: tqdm bar over images (the pipeline has its own bar over steps).
         metadata_extra: more fields for the PNG ``seesr`` metadata (e.g. model, device, dtype).
         on_result: called after each file (e.g. to print a line).
         output_plan: input -> output paths planned over *all* inputs of a run (:func:`plan_outputs`), for a process
-            that handles only a shard of them (multi-GPU); its inputs are also protected from being overwritten.
+            that handles only a shard of them (multi-GPU): every process then refuses the same name clashes, and
+            the inputs of the whole run are protected from being overwritten.
     """
     from tqdm.auto import tqdm
 
     outdir = Path(outdir)
     paths = [Path(file) for file in files]
     plan = dict(output_plan) if output_plan is not None else plan_outputs(paths, outdir, settings.scale)
-    protected = list(plan) if output_plan is not None else paths
+    conflicts = output_conflicts(plan)
     report = UpscaleReport()
     for source in tqdm(paths, desc="images", unit="image", disable=not show_progress):
         target = plan[source]
         started = time.perf_counter()
-        if skip_existing and target.exists():
+        if source in conflicts:
+            result = FileResult(source, None, "failed", conflicts[source])
+        elif skip_existing and already_done(source, target):
             result = FileResult(source, target, "skipped", "output exists")
         else:
-            result = _process_one(pipe, source, target, settings, protected, metadata_extra)
+            result = _process_one(pipe, source, target, settings, list(plan), metadata_extra)
         result.seconds = time.perf_counter() - started
         report.results.append(result)
         if on_result is not None:
             on_result(result)
     return report
+
+
+def _check_size(pipe: Any, loaded: LoadedImage, settings: UpscaleSettings) -> None:
+    """:func:`check_processing_size` with this pipeline's VAE and the memory free right now."""
+    vae = getattr(pipe, "vae", None)
+    channels = getattr(getattr(vae, "config", None), "block_out_channels", [128])[0]
+    dtype = getattr(vae, "dtype", None)
+    bytes_per_value = dtype.itemsize if dtype is not None and hasattr(dtype, "itemsize") else 4
+    device = getattr(pipe, "_execution_device", None) if vae is not None else None
+    check_processing_size(
+        *loaded.size,
+        scale=settings.scale,
+        process_size=settings.process_size,
+        max_output_pixels=settings.max_output_pixels,
+        available_memory=available_memory(device) if settings.check_memory else None,
+        vae_channels=channels,
+        bytes_per_value=bytes_per_value,
+    )
 
 
 def _process_one(
@@ -231,26 +361,56 @@ def _process_one(
     inputs: Sequence[Path],
     metadata_extra: dict[str, Any] | None,
 ) -> FileResult:
+    """1. refuse to replace someone's picture; 2. read and check sizes; 3. upscale (memory errors caught);
+    4. write atomically with the record (settings, input name and sha256)."""
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    if _foreign_file(target):
+        return FileResult(
+            source,
+            None,
+            "failed",
+            f"{target}: exists and was not written by seesr upscale; refusing to replace it "
+            "(move it away or choose another -o)",
+            seed,
+        )
     try:
         loaded = load_image(source, max_pixels=settings.max_input_pixels)
+        fingerprint = input_fingerprint(source)
+        _check_size(pipe, loaded, settings)
     except ImageReadError as error:
         return FileResult(source, None, "failed", str(error), seed)
+    except (ProcessingSizeError, OSError) as error:
+        return FileResult(source, None, "failed", f"{source}: {error}", seed)
     try:
         output = _upscale_with_retries(pipe, loaded.rgb, settings, seed)
-    except (ValueError, RuntimeError) as error:
-        if _is_oom(error):
-            return FileResult(source, None, "failed", f"{source}: out of memory even with small tiles", seed)
+    except (ValueError, RuntimeError, MemoryError) as error:
+        if is_out_of_memory(error):
+            del error  # its traceback holds the frames (and tensors) that filled the memory
+            release_memory()
+            return FileResult(
+                source,
+                None,
+                "failed",
+                f"{source}: out of memory (even with small tiles); "
+                "lower --max-output-pixels, --scale or --process-size",
+                seed,
+            )
         logger.debug("upscaling %s failed", source, exc_info=True)
         return FileResult(source, None, "failed", f"{source}: {error}", seed)
     image = output.images[0]
     if loaded.alpha is not None:  # alpha upscaled separately (bicubic) and kept
         image = image.convert("RGBA")
         image.putalpha(loaded.alpha.resize(image.size, Image.Resampling.BICUBIC))
-    extra = {"input": source.name, "input_mode": loaded.source_mode, **(metadata_extra or {})}
+    extra = {
+        "input": source.name,
+        "input_sha256": fingerprint,
+        "input_mode": loaded.source_mode,
+        "input_frames": loaded.frames,
+        **(metadata_extra or {}),
+    }
     metadata = png_metadata(settings, output.prompts[0], output.tags[0], seed, extra)
     try:
         save_image_atomic(image, target, metadata=metadata, protected=inputs)
     except OSError as error:  # FileExistsError (would overwrite an input), permissions, full disk
         return FileResult(source, None, "failed", f"{target}: cannot write ({error})", seed)
-    return FileResult(source, target, "ok", "", seed)
+    return FileResult(source, target, "ok", loaded.note, seed)

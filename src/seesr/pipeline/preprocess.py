@@ -16,6 +16,8 @@ DEFAULT_MAX_OUTPUT_PIXELS = 64_000_000
 #: longest/shortest side beyond which an input is refused: the short side is enlarged to ``process_size // scale``
 #: first, so a 3 x 100000 strip would become a 512 x 17,066,664 working image
 MAX_ASPECT_RATIO = 64
+#: bytes per working pixel of the pipeline besides the VAE activations (control image, decoded image, colour fix)
+PEAK_BYTES_PER_PIXEL_BESIDES_VAE = 200
 DEFAULT_NEGATIVE_PROMPT = "dotted, noise, blur, lowres, smooth"
 
 
@@ -67,8 +69,32 @@ class ProcessingSizeError(ValueError):
     """An input whose working or output size is over a limit; the message is meant for the user (one line)."""
 
 
+def peak_memory_estimate(
+    width: int, height: int, *, scale: int, process_size: int, vae_channels: int = 128, bytes_per_value: int = 4
+) -> int:
+    """Estimated peak bytes (host, plus accelerator when the VAE keeps its activations there) to upscale an LR
+    image of ``(width, height)``, beyond the loaded models.
+
+    It grows with the working size (:func:`process_size_for`): the banded VAE keeps full-resolution activations of
+    ``vae_channels`` (``block_out_channels[0]``: 128 for SD 2's VAE) in ``bytes_per_value`` (4 for fp32), and the
+    control image, decoded image and colour fix add a few float copies. Measured on CPU with the tiny test VAE
+    (16 channels, fp32, banded at a 2048 x 2048 working size): 581 bytes per working pixel with AdaIN, against 584
+    from this formula.
+    """
+    work_width, work_height = process_size_for(width, height, scale, process_size)
+    return work_width * work_height * (6 * vae_channels * bytes_per_value + PEAK_BYTES_PER_PIXEL_BESIDES_VAE)
+
+
 def check_processing_size(
-    width: int, height: int, *, scale: int, process_size: int, max_output_pixels: int | None
+    width: int,
+    height: int,
+    *,
+    scale: int,
+    process_size: int,
+    max_output_pixels: int | None,
+    available_memory: int | None = None,
+    vae_channels: int = 128,
+    bytes_per_value: int = 4,
 ) -> tuple[int, int]:
     """Check, before any work, that an LR image of ``(width, height)`` can be upscaled; return the output size.
 
@@ -76,7 +102,9 @@ def check_processing_size(
     ``x scale``); the result is ``(width * scale, height * scale)``. Refused with :class:`ProcessingSizeError`:
     a side of zero, an aspect ratio over :data:`MAX_ASPECT_RATIO`, a working size under 8 pixels, and a working or
     output image of more than ``max_output_pixels`` (None: no limit). The message names the limit and the flag
-    (``--max-output-pixels``, ``--process-size``, ``--scale``) that changes it.
+    (``--max-output-pixels``, ``--process-size``, ``--scale``) that changes it. With ``available_memory`` (bytes,
+    e.g. :func:`seesr.utils.device.available_memory`), an image whose :func:`peak_memory_estimate` exceeds it is
+    refused too.
     """
     if scale < 1 or process_size < 1:
         raise ProcessingSizeError(f"scale and process size must be >= 1 (got {scale} and {process_size})")
@@ -108,6 +136,21 @@ def check_processing_size(
                 f"{width}x{height} {what}: {pixels} pixels exceeds the limit of {max_output_pixels} "
                 "(raise it with --max-output-pixels, or use a smaller --scale"
                 + (" or --process-size)" if enlarged else ")")
+            )
+    if available_memory is not None:
+        needed = peak_memory_estimate(
+            width,
+            height,
+            scale=scale,
+            process_size=process_size,
+            vae_channels=vae_channels,
+            bytes_per_value=bytes_per_value,
+        )
+        if needed > available_memory:
+            raise ProcessingSizeError(
+                f"{width}x{height} needs about {needed / 1e9:.1f} GB of memory at its working size {work_width}x"
+                f"{work_height}, more than the {available_memory / 1e9:.1f} GB available (free memory, or use a "
+                "smaller --scale or a GPU; --no-memory-check tries anyway)"
             )
     return output
 
