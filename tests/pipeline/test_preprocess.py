@@ -12,6 +12,7 @@ from seesr.pipeline.preprocess import (
     build_prompt,
     check_processing_size,
     edit_tags,
+    peak_memory_estimate,
     prepare_control_image,
     process_size_for,
     split_tags,
@@ -83,3 +84,14 @@ def test_processing_size_guard_sees_the_enlargement():
     with pytest.raises(ProcessingSizeError, match=r"31600x31600 output.*exceeds the limit of 64000000"):
         check_processing_size(7900, 7900, scale=4, process_size=512, max_output_pixels=DEFAULT_MAX_OUTPUT_PIXELS)
     assert issubclass(ProcessingSizeError, ValueError)
+
+
+def test_processing_size_guard_refuses_more_than_the_memory_available():
+    # 512 x 512 working pixels x (6 x 128 channels x 4 bytes + 200) = 0.86 GB with SD 2's VAE in fp32
+    needed = peak_memory_estimate(128, 128, scale=4, process_size=512)
+    assert needed == 512 * 512 * (6 * 128 * 4 + 200)
+    assert peak_memory_estimate(128, 128, scale=4, process_size=512, bytes_per_value=2) < needed
+    kwargs = {"scale": 4, "process_size": 512, "max_output_pixels": None}
+    assert check_processing_size(128, 128, available_memory=needed, **kwargs) == (512, 512)
+    with pytest.raises(ProcessingSizeError, match=r"needs about 0\.9 GB of memory .* 0\.5 GB available"):
+        check_processing_size(128, 128, available_memory=500_000_000, **kwargs)
