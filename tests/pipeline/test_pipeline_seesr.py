@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from seesr.pipeline.pipeline_seesr import SeeSRPipeline, SeeSRPipelineOutput, auto_latent_tile_size, denoise_step
+from seesr.pipeline.denoise import GuidedDenoiser, NoisePredictor
+from seesr.pipeline.pipeline_seesr import SeeSRPipeline, SeeSRPipelineOutput, auto_latent_tile_size
 from seesr.pipeline.tiling import tile_grid
 from seesr.pipeline.vae_tiling import VAETilingConfig
 from tests.conftest import TINY
@@ -214,8 +215,13 @@ def test_tile_batching_keeps_per_tile_maths():
     tiles = tile_grid(12, 14, 8, 2)
     assert len(tiles) == 4
     timestep = torch.tensor(501)
-    one = denoise_step(pipe.unet, pipe.controlnet, latents, timestep, text, dape, control, 5.5, 1.0, tiles, None, 1)
-    three = denoise_step(pipe.unet, pipe.controlnet, latents, timestep, text, dape, control, 5.5, 1.0, tiles, None, 3)
+    predictor = NoisePredictor(pipe.unet, pipe.controlnet)
+    one, three = (
+        GuidedDenoiser(predictor, (12, 14), tiles, text, dape, control, 5.5, 1.0, size, pad_tiles=False)(
+            latents, timestep
+        )
+        for size in (1, 3)
+    )
     assert one.dtype == torch.float32
     torch.testing.assert_close(three, one, rtol=0, atol=1e-5)
 

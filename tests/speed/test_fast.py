@@ -1,4 +1,5 @@
-"""Fast-path building blocks against the exact fp32 path (tiny fixture models, CPU)."""
+"""The loop's building blocks (tile batching, padding, step plan, noise, banded VAE storage) against the official
+per-tile maths (tiny fixture models, CPU)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from seesr.pipeline import fast
-from seesr.pipeline.pipeline_seesr import denoise_step
+from seesr.pipeline import execution as fast
+from seesr.pipeline.denoise import GuidedDenoiser, NoisePredictor, StepNoise, denoise
+from seesr.pipeline.schedulers import DDPMPlan
 from seesr.pipeline.tiling import blend, tile_grid
 from seesr.pipeline.vae_tiling import VAETilingConfig, vae_decode, vae_encode_moments
 from tests.conftest import TINY
@@ -28,36 +30,39 @@ def _inputs(height: int, width: int, cfg: bool = True, seed: int = 0) -> dict[st
     }
 
 
-@pytest.mark.parametrize(("spacing", "steps"), [("leading", 50), ("leading", 4), ("trailing", 2)])
-def test_ddpm_plan_is_bitwise_scheduler_step(spacing: str, steps: int) -> None:
-    scheduler = DDPMScheduler.from_pretrained(TINY / "scheduler", timestep_spacing=spacing)
-    scheduler.set_timesteps(steps)
-    plan = fast.DDPMStepPlan(scheduler)
-    assert plan.timesteps == scheduler.timesteps.tolist()
-    generator = torch.Generator().manual_seed(7)
-    sample = torch.randn(1, 4, 6, 5, generator=generator)
-    noise_generator = torch.Generator().manual_seed(11)
-    noises = fast.draw_step_noise(plan, sample.shape, torch.Generator().manual_seed(11), torch.device("cpu"))
-    ours = reference = sample
-    for index, timestep in enumerate(scheduler.timesteps):
-        model_output = torch.randn(1, 4, 6, 5, generator=generator)
-        reference = scheduler.step(model_output, timestep, reference, generator=noise_generator, return_dict=False)[0]
-        ours = plan.step(index, model_output, ours, noises[index])
-        assert torch.equal(ours, reference), f"step {index} (t={int(timestep)})"
-    assert [noise is None for noise in noises] == [int(t) == 0 for t in scheduler.timesteps]
+def denoise_step(
+    unet, controlnet, latents, timestep, prompt, image, control, guidance, scale=1.0, tiles=None, _=None, size=1
+):
+    """The official per-tile guided prediction: :class:`GuidedDenoiser` one tile per call, no padding."""
+    tiles = tiles or tile_grid(*latents.shape[-2:], 96, 4)
+    predictor = NoisePredictor(unet, controlnet)
+    denoiser = GuidedDenoiser(
+        predictor,
+        tuple(latents.shape[-2:]),
+        tiles,
+        prompt,
+        image,
+        control,
+        guidance,
+        scale,
+        size,
+        pad_tiles=False,
+        float32_output=False,
+    )
+    return denoiser(latents, timestep)
 
 
-def test_trailing_two_steps_are_999_499() -> None:
-    scheduler = DDPMScheduler.from_pretrained(TINY / "scheduler", timestep_spacing="trailing")
-    scheduler.set_timesteps(2)
-    assert fast.DDPMStepPlan(scheduler).timesteps == [999, 499]
-
-
-def test_plan_rejects_other_schedules() -> None:
-    scheduler = DDPMScheduler.from_pretrained(TINY / "scheduler", prediction_type="v_prediction")
-    scheduler.set_timesteps(2)
-    with pytest.raises(NotImplementedError):
-        fast.DDPMStepPlan(scheduler)
+def test_upfront_noise_equals_per_step_draws() -> None:
+    """Drawing every step's noise before the loop gives the values diffusers draws step by step (same generator)."""
+    scheduler = DDPMScheduler.from_pretrained(TINY / "scheduler")
+    scheduler.set_timesteps(4)
+    plan = DDPMPlan(scheduler)
+    shape = (1, 4, 6, 5)
+    upfront = StepNoise(plan, shape, torch.Generator().manual_seed(11), torch.device("cpu"), "upfront")
+    per_step = StepNoise(plan, shape, torch.Generator().manual_seed(11), torch.device("cpu"), "per_step")
+    prediction = torch.zeros(shape)
+    for index in range(4):
+        assert torch.equal(upfront(index, prediction), per_step(index, prediction))
 
 
 @pytest.mark.parametrize(
@@ -109,8 +114,8 @@ def test_batched_tiles_match_the_official_per_tile_step(
     tiny_models: dict[str, Any], tiled_reference: tuple, tile_batch_size: int
 ) -> None:
     data, tiles, reference = tiled_reference
-    recorder = _Recorder(fast.NoisePredictor(tiny_models["unet"], tiny_models["controlnet"]))
-    denoiser = fast.GuidedDenoiser(
+    recorder = _Recorder(NoisePredictor(tiny_models["unet"], tiny_models["controlnet"]))
+    denoiser = GuidedDenoiser(
         recorder,
         (24, 20),
         tiles,
@@ -136,8 +141,8 @@ def test_untiled_without_cfg_is_one_call_of_batch_one(tiny_models: dict[str, Any
     unet, controlnet = tiny_models["unet"], tiny_models["controlnet"]
     data = _inputs(8, 8, cfg=False)
     tiles = tile_grid(8, 8, 96, 4)
-    recorder = _Recorder(fast.NoisePredictor(unet, controlnet))
-    denoiser = fast.GuidedDenoiser(
+    recorder = _Recorder(NoisePredictor(unet, controlnet))
+    denoiser = GuidedDenoiser(
         recorder, (8, 8), tiles, data["prompt_embeds"], data["image_embeds"], data["control"], 1.0
     )
     timestep = torch.tensor(999)
@@ -155,7 +160,7 @@ def test_precomputed_normaliser_equals_blend() -> None:
     predictions = [torch.randn(2, 4, 12, 12, generator=generator) for _ in tiles]
     data = _inputs(30, 22)
     outputs = iter(predictions)
-    denoiser = fast.GuidedDenoiser(
+    denoiser = GuidedDenoiser(
         lambda *args: next(outputs),
         (30, 22),
         tiles,
@@ -197,8 +202,8 @@ def test_fast_loop_fp32_matches_the_reference_loop(tiny_models: dict[str, Any]) 
             1,
         )
         latents = scheduler.step(noise_pred, timestep, latents, generator=generator, return_dict=False)[0]
-    denoiser = fast.GuidedDenoiser(
-        fast.NoisePredictor(unet, controlnet),
+    denoiser = GuidedDenoiser(
+        NoisePredictor(unet, controlnet),
         (24, 20),
         tiles,
         data["prompt_embeds"],
@@ -209,34 +214,35 @@ def test_fast_loop_fp32_matches_the_reference_loop(tiny_models: dict[str, Any]) 
         tile_batch_size=3,
     )
     seen: list[int] = []
-    ours = fast.denoise(
-        denoiser,
-        fast.DDPMStepPlan(scheduler),
-        data["latents"],
-        torch.Generator().manual_seed(5),
-        on_step=lambda index, noise_pred, latents: seen.append(index),
-    )
+
+    def on_step(index, timestep, noise_pred, latents):
+        seen.append(index)
+        return latents, False
+
+    plan = DDPMPlan(scheduler)
+    noise = StepNoise(plan, data["latents"].shape, torch.Generator().manual_seed(5), torch.device("cpu"), "upfront")
+    ours = denoise(denoiser, plan, data["latents"], noise, float32_state=True, on_step=on_step)
     assert seen == [0, 1]
     torch.testing.assert_close(ours, latents, atol=1e-3, rtol=1e-4)
     assert (ours - latents).abs().max() < 1e-4
 
 
-def test_fast_vae_equals_banded_vae(tiny_pipeline_parts: dict[str, Any]) -> None:
+def test_vae_storage_choices_agree(tiny_pipeline_parts: dict[str, Any]) -> None:
     vae = tiny_pipeline_parts["vae"]
     tiling = VAETilingConfig(encoder_tile_size=32, decoder_tile_size=4, decoder_pad=1)
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 112, 96, generator=generator) * 2 - 1
     assert tiling.encode_is_tiled(112, 96)
     torch.testing.assert_close(
-        fast.encode_moments(vae, image, tiling, storage="device"),
-        vae_encode_moments(vae, image, tiling),
+        vae_encode_moments(vae, image, tiling, storage="device"),
+        vae_encode_moments(vae, image, tiling, storage="cpu"),
         atol=1e-5,
         rtol=0,
     )
     latents = torch.randn(1, 4, 14, 12, generator=generator)
     assert tiling.decode_is_tiled(14, 12)
     torch.testing.assert_close(
-        fast.decode_latents(vae, latents, tiling, storage="cpu"), vae_decode(vae, latents, tiling), atol=1e-5, rtol=0
+        vae_decode(vae, latents, tiling, storage="device"), vae_decode(vae, latents, tiling), atol=1e-5, rtol=0
     )
 
 

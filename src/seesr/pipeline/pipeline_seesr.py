@@ -16,29 +16,42 @@ Random numbers follow the fixture protocol (reference README §D) with an explic
 the global RNG: ``Generator().manual_seed(seed)`` draws the initial noise and every DDPM step's noise; the VAE
 posterior noise is ``randn(2, 4, h, w)`` (row 0 used) from a *second* ``Generator().manual_seed(seed)``, which is
 what the official code draws from the freshly seeded global RNG.
+
+Steps 4-6 run the package's one denoising loop (:mod:`seesr.pipeline.denoise`) with an execution config
+(:mod:`seesr.pipeline.execution`): ``exact`` (the default off CUDA; the official numerics above) or ``fast``
+(:meth:`SeeSRPipeline.enable_fast_path`; bf16, batched tiles, CUDA graphs). The sampler is the scheduler's
+(:mod:`seesr.pipeline.schedulers`: DDPM, DDIM or DPM-Solver++).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from seesr.models.image_cross_attention import IMAGE_KEY
-from seesr.pipeline import fast
 from seesr.pipeline.color_fix import COLOR_FIX_METHODS, apply_color_fix
+from seesr.pipeline.denoise import GuidedDenoiser, NoisePredictor, StepNoise, denoise, predict_noise
+from seesr.pipeline.execution import (
+    EXACT,
+    OFFLOAD_SEQUENCE,
+    ExecutionConfig,
+    backend_flags,
+    disable_fast_path,
+    enable_fast_path,
+    resolve_tile_batch_size,
+)
 from seesr.pipeline.preprocess import (
     DEFAULT_ADDED_PROMPT,
     DEFAULT_NEGATIVE_PROMPT,
@@ -47,7 +60,8 @@ from seesr.pipeline.preprocess import (
     prepare_control_image,
     split_tags,
 )
-from seesr.pipeline.tiling import Tile, blend, gaussian_weights, tile_grid
+from seesr.pipeline.schedulers import add_noise, check_scheduler, make_step_plan
+from seesr.pipeline.tiling import tile_grid
 from seesr.pipeline.vae_tiling import VAETilingConfig, vae_decode, vae_encode_moments
 
 logger = logging.getLogger(__name__)
@@ -57,7 +71,6 @@ __all__ = [
     "SeeSRPipeline",
     "SeeSRPipelineOutput",
     "auto_latent_tile_size",
-    "denoise_step",
     "predict_noise",
 ]
 
@@ -87,115 +100,6 @@ class SeeSRPipelineOutput(BaseOutput):
     tags: list[list[str]]
     seeds: list[int | None]
     intermediates: list[dict[str, Any]] | None = None
-
-
-def predict_noise(
-    unet: UNet2DConditionModel,
-    controlnet: ControlNetModel,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
-    control_image: torch.Tensor,
-    conditioning_scale: float,
-) -> torch.Tensor:
-    """One ControlNet + UNet evaluation (REFERENCE §1.9 steps 2-3).
-
-    Args:
-        sample: latents (N, 4, h, w) in the model dtype.
-        timestep: 0-dim tensor.
-        prompt_embeds: CLIP embeddings (N, 77, D).
-        image_embeds: DAPE embeddings (N, 145, 512).
-        control_image: LR condition (N, 3, 8h, 8w) in [0, 1].
-        conditioning_scale: ControlNet residual multiplier (applied inside the ControlNet).
-
-    Returns:
-        Noise prediction ε̂ (N, 4, h, w).
-    """
-    attention_kwargs = {IMAGE_KEY: image_embeds}
-    down_residuals, mid_residual = controlnet(
-        sample,
-        timestep,
-        encoder_hidden_states=prompt_embeds,
-        controlnet_cond=control_image,
-        conditioning_scale=conditioning_scale,
-        cross_attention_kwargs=attention_kwargs,
-        return_dict=False,
-    )
-    return unet(
-        sample,
-        timestep,
-        encoder_hidden_states=prompt_embeds,
-        cross_attention_kwargs=attention_kwargs,
-        down_block_additional_residuals=down_residuals,
-        mid_block_additional_residual=mid_residual,
-        return_dict=False,
-    )[0]
-
-
-def denoise_step(
-    unet: UNet2DConditionModel,
-    controlnet: ControlNetModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
-    control_image: torch.Tensor,
-    guidance_scale: float,
-    conditioning_scale: float = 1.0,
-    tiles: Sequence[Tile] | None = None,
-    tile_weights: torch.Tensor | None = None,
-    tile_batch_size: int = 1,
-) -> torch.Tensor:
-    """Guided noise prediction for one denoising step (no scheduler update, no host synchronisation).
-
-    Args:
-        latents: current latents (1, 4, h, w).
-        timestep: 0-dim tensor on the model device.
-        prompt_embeds: (2, 77, D) ``[negative, positive]`` with CFG, else (1, 77, D), in the model dtype.
-        image_embeds / control_image: CFG-batched like ``prompt_embeds``: (2, 145, 512) and (2, 3, 8h, 8w).
-        guidance_scale: CFG weight ``g``; CFG is on iff the prompt batch is twice the latent batch.
-        tiles: latent tiles from :func:`~seesr.pipeline.tiling.tile_grid`; None or one full tile = untiled.
-        tile_weights: blending weights (1, 1, T, T) (default float64 Gaussian).
-        tile_batch_size: tiles evaluated together (same per-tile maths; 1 reproduces the official order exactly).
-
-    Returns:
-        ε̂ (1, 4, h, w): ``ε_u + g·(ε_c − ε_u)``. Untiled it keeps the model dtype; tiled it is float32 (the merged
-        prediction, as in the official code).
-    """
-    do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
-    model_input = torch.cat([latents, latents]) if do_cfg else latents
-    model_input = model_input.to(prompt_embeds.dtype)  # tiled steps leave float32 latents (official promotion)
-    height, width = latents.shape[-2:]
-    if tiles is None or (len(tiles) == 1 and tiles[0].height == height and tiles[0].width == width):
-        noise_pred = predict_noise(
-            unet, controlnet, model_input, timestep, prompt_embeds, image_embeds, control_image, conditioning_scale
-        )
-    else:
-        scale = control_image.shape[-1] // width
-        batch = model_input.shape[0]
-        predictions: list[torch.Tensor] = []
-        for start in range(0, len(tiles), tile_batch_size):
-            chunk = tiles[start : start + tile_batch_size]
-            count = len(chunk)
-            sample = torch.cat([model_input[:, :, tile.rows, tile.cols] for tile in chunk])
-            condition = torch.cat([control_image[(slice(None), slice(None), *tile.scaled(scale))] for tile in chunk])
-            output = predict_noise(
-                unet,
-                controlnet,
-                sample,
-                timestep,
-                prompt_embeds.repeat(count, 1, 1),
-                image_embeds.repeat(count, 1, 1),
-                condition,
-                conditioning_scale,
-            )
-            predictions.extend(output.split(batch))
-        noise_pred = blend(predictions, list(tiles), height, width, tile_weights)
-    if do_cfg:
-        noise_uncond, noise_text = noise_pred.chunk(2)
-        noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-    return noise_pred
 
 
 def auto_latent_tile_size(
@@ -236,14 +140,17 @@ class SeeSRPipeline(DiffusionPipeline):
 
     Components: ``vae`` (AutoencoderKL), ``text_encoder`` (CLIPTextModel), ``tokenizer`` (CLIPTokenizer), ``unet``
     and ``controlnet`` (stock diffusers models wrapped with image cross-attention by :mod:`seesr.models`),
-    ``scheduler`` (DDPMScheduler) and the optional ``tagger`` (:class:`~seesr.tagger.dape.DAPETagger`; without it
+    ``scheduler`` (DDPMScheduler; DDIM and DPM-Solver++ also run) and the optional ``tagger`` (:class:`~seesr.tagger.dape.DAPETagger`; without it
     pass ``image_encoder_hidden_states`` and tags yourself).
 
     Load with :meth:`from_pretrained` (release folder, converted bundle, or the default download location) and save
     a converted bundle with :meth:`save_pretrained`.
     """
 
-    model_cpu_offload_seq = "tagger->text_encoder->controlnet->unet->vae"
+    #: ControlNet is out of the chain: it stays on the device with the UNet for the whole loop (see
+    #: :data:`seesr.pipeline.execution.OFFLOAD_SEQUENCE`)
+    model_cpu_offload_seq = OFFLOAD_SEQUENCE
+    _callback_tensor_inputs = ["latents", "noise_pred", "prompt_embeds", "image_embeds", "control_image"]
     _optional_components = ["tagger"]
 
     def __init__(
@@ -253,7 +160,7 @@ class SeeSRPipeline(DiffusionPipeline):
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         controlnet: ControlNetModel,
-        scheduler: DDPMScheduler,
+        scheduler: Any,
         tagger: Any = None,
     ):
         super().__init__()
@@ -269,18 +176,11 @@ class SeeSRPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         #: when the VAE runs banded (memory-bounded); the defaults leave every normal-size image untouched
         self.vae_tiling = VAETilingConfig()
-        #: fast-path settings (:class:`seesr.pipeline.fast.FastPathConfig`); None = the exact path
-        self.fast_path = None
-        self._fast_predictor = None
-
-    def enable_fast_path(self, config: Any = None) -> Any:
-        """Switch to the fast path (bf16, batched tiles, CUDA graphs, ...): :func:`seesr.pipeline.fast.enable_fast_path`."""
-        return fast.enable_fast_path(self, config)
-
-    def disable_fast_path(self) -> None:
-        """Back to the exact loop (the models keep the dtype the fast path gave them)."""
-        self.fast_path = None
-        self._fast_predictor = None
+        #: the execution config when not the exact preset (:meth:`enable_fast_path`); None = ``exact``
+        self.fast_path: ExecutionConfig | None = None
+        self._fast_predictor: NoisePredictor | None = None
+        self._saved_execution_state: dict[str, Any] | None = None
+        self._interrupt = False
 
     # ------------------------------------------------------------------------------------------------------------
     # loading and saving
@@ -356,6 +256,58 @@ class SeeSRPipeline(DiffusionPipeline):
         return torch.Generator("cpu").manual_seed(seed), torch.Generator("cpu").manual_seed(seed)
 
     # ------------------------------------------------------------------------------------------------------------
+    # execution presets and diffusers conventions
+
+    @property
+    def execution(self) -> ExecutionConfig:
+        """The execution config of the loop: the fast path's when enabled, else the ``exact`` preset."""
+        return self.fast_path if self.fast_path is not None else EXACT
+
+    @property
+    def interrupt(self) -> bool:
+        """True once a ``callback_on_step_end`` set ``pipe._interrupt = True``: the loop stops after that step."""
+        return self._interrupt
+
+    def enable_fast_path(self, config: ExecutionConfig | None = None) -> ExecutionConfig:
+        """Run with ``config`` (default: the ``fast`` preset; bf16, batched tiles, CUDA graphs on CUDA):
+        :func:`seesr.pipeline.execution.enable_fast_path`. Returns the config in use."""
+        return enable_fast_path(self, config)
+
+    def disable_fast_path(self) -> None:
+        """Back to the ``exact`` preset, restoring the dtypes the models had before :meth:`enable_fast_path`."""
+        disable_fast_path(self)
+
+    def to(self, *args: Any, **kwargs: Any) -> SeeSRPipeline:  # type: ignore[override]
+        """``DiffusionPipeline.to``; drops the cached CUDA graphs / compiled code (the weights moved)."""
+        result = super().to(*args, **kwargs)
+        self._fast_predictor = None
+        return result
+
+    def noise_predictor(self) -> NoisePredictor:
+        """The cached ControlNet + UNet call for the current execution config (created on first use)."""
+        config = self.execution
+        settings = (config.cuda_graphs, config.compile, config.compile_mode, config.max_graphs, config.strict)
+        predictor = self._fast_predictor
+        if (
+            predictor is None
+            or predictor.unet is not self.unet
+            or predictor.controlnet is not self.controlnet
+            or getattr(predictor, "settings", None) != settings
+        ):
+            predictor = NoisePredictor(
+                self.unet,
+                self.controlnet,
+                cuda_graphs=config.cuda_graphs,
+                compile=config.compile,
+                compile_mode=config.compile_mode,
+                max_graphs=config.max_graphs,
+                strict=config.strict,
+            )
+            predictor.settings = settings
+            self._fast_predictor = predictor
+        return predictor
+
+    # ------------------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(
@@ -384,6 +336,8 @@ class SeeSRPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_intermediates: bool = False,
+        callback_on_step_end: Callable[..., dict[str, Any] | None] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         return_dict: bool = True,
     ) -> SeeSRPipelineOutput | tuple:
         """Upscale one or more LR images; each image is processed (and seeded) on its own.
@@ -398,14 +352,15 @@ class SeeSRPipeline(DiffusionPipeline):
             use_tags: False leaves the tags out of the prompt ("skip tagging").
             image_encoder_hidden_states: DAPE embeddings (1, 145, 512) or (B, 145, 512) to use instead of running
                 the tagger (then tags come from ``tags`` or are empty).
-            num_inference_steps, guidance_scale, conditioning_scale: DDPM steps, CFG weight (CFG iff > 1),
-                ControlNet residual scale.
+            num_inference_steps, guidance_scale, conditioning_scale: sampler steps, CFG weight (CFG iff > 1),
+                ControlNet residual scale. The sampler is ``self.scheduler``: DDPM (official), DDIM or
+                DPM-Solver++ (:data:`seesr.pipeline.schedulers.SUPPORTED_SCHEDULERS`).
             upscale, process_size: scale factor and minimum processing size (REFERENCE §1.4.1).
             start_point: ``"lr"`` (LR embedding noised to t = 999, default) or ``"noise"``.
             latent_tile_size, latent_tile_overlap: latent tiling (tile iff ``h·w > size²``); ``"auto"`` picks the
                 largest tile that fits free accelerator memory (96 on CPU).
-            tile_batch_size: latent tiles per ControlNet/UNet call (1 = official order; on the fast path 1 means
-                automatic).
+            tile_batch_size: latent tiles per ControlNet/UNet call (1 = official order, or automatic on the fast
+                path; same per-tile maths).
             color_fix: ``"adain"`` (default), ``"wavelet"`` or ``"none"``.
             seed: per-image seed(s) (parity RNG protocol); None draws a random seed per image (reported in the
                 output).
@@ -413,302 +368,305 @@ class SeeSRPipeline(DiffusionPipeline):
                 posterior noise, step noise, in that order; not the official order of draws).
             output_type: ``"pil"`` or ``"np"`` (float (H, W, 3) in [0, 1]).
             return_intermediates: also return the tensors of every stage (for tests).
+            callback_on_step_end: ``callback(pipe, step, timestep, callback_kwargs) -> dict | None`` after every
+                step (diffusers' convention); ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs`` (from ``pipe._callback_tensor_inputs``); a returned
+                ``"latents"`` replaces the latents. Setting ``pipe._interrupt = True`` stops after that step: the
+                current image is finished from the latents so far and later images are not started.
         """
-        # 1. Check inputs
+        # 1. Check inputs (before any work) and resolve per-image seeds
+        options = _CallOptions(
+            prompt=prompt,
+            added_prompt=added_prompt,
+            negative_prompt=negative_prompt,
+            tags=tags,
+            extra_tags=split_tags(extra_tags),
+            remove_tags=split_tags(remove_tags),
+            use_tags=use_tags,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            conditioning_scale=conditioning_scale,
+            upscale=upscale,
+            process_size=process_size,
+            start_point=start_point,
+            latent_tile_size=latent_tile_size,
+            latent_tile_overlap=latent_tile_overlap,
+            tile_batch_size=tile_batch_size,
+            color_fix=color_fix,
+            output_type=output_type,
+            keep=return_intermediates,
+            callback=callback_on_step_end,
+            callback_inputs=tuple(callback_on_step_end_tensor_inputs),
+        )
         images = [image] if isinstance(image, Image.Image) else list(image)
+        seeds = self._check_inputs(images, options, seed, image_encoder_hidden_states, generator)
+        device = self._execution_device
+        options = self._resolve_tile_size(options, device)
+        self._interrupt = False
+
+        # 2. Upscale each image on its own (stop after an interrupt)
+        results: list[_ImageResult] = []
+        with backend_flags(self.execution, device):
+            for index, lr_image in enumerate(images):
+                embeds = _row(image_encoder_hidden_states, index)
+                result = self._upscale_one(lr_image.convert("RGB"), options, embeds, seeds[index], generator, device)
+                results.append(result)
+                if self._interrupt:
+                    break
+
+        # 3. Release offloaded models and return
+        self.maybe_free_model_hooks()
+        return _output(results, options, return_dict)
+
+    def _check_inputs(
+        self,
+        images: list[Image.Image],
+        options: _CallOptions,
+        seed: int | Sequence[int] | None,
+        image_embeds: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> list[int | None]:
+        """Validate every argument and the scheduler; per-image seeds (random when none, None with a generator)."""
         if not images:
             raise ValueError("no image given")
-        if start_point not in START_POINTS:
-            raise ValueError(f"start_point must be one of {START_POINTS}, got {start_point!r}")
-        if color_fix not in (*COLOR_FIX_METHODS, "nofix"):
-            raise ValueError(f"color_fix must be one of {COLOR_FIX_METHODS}, got {color_fix!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if upscale < 1 or process_size < 8:
-            raise ValueError(f"upscale must be >= 1 and process_size >= 8, got {upscale} and {process_size}")
-        if output_type not in ("pil", "np"):
-            raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
-        if tile_batch_size < 1:
-            raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
-        if latent_tile_overlap < 0:
-            raise ValueError(f"latent_tile_overlap must be >= 0, got {latent_tile_overlap}")
-        if isinstance(seed, int) or seed is None:
-            seeds: list[int | None] = [seed] * len(images)
-        else:
-            seeds = list(seed)
-            if len(seeds) != len(images):
-                raise ValueError(f"{len(seeds)} seeds given for {len(images)} images")
-        if image_encoder_hidden_states is not None and image_encoder_hidden_states.shape[0] not in (1, len(images)):
-            raise ValueError("image_encoder_hidden_states must have batch 1 or one row per image")
-        device = self._execution_device
-        if latent_tile_size == "auto":
-            latent_tile_size = auto_latent_tile_size(self.unet, device, self.unet.dtype, tile_batch_size)
-        latent_tile_size = int(latent_tile_size)
-        if latent_tile_size < 1:
-            raise ValueError(f"latent_tile_size must be >= 1 or 'auto', got {latent_tile_size}")
-
-        outputs: list[Any] = []
-        prompts: list[str] = []
-        negatives: list[str] = []
-        all_tags: list[list[str]] = []
-        used_seeds: list[int | None] = []
-        intermediates: list[dict[str, Any]] = []
-        for index, lr_image in enumerate(images):
-            embeds = None
-            if image_encoder_hidden_states is not None:
-                rows = image_encoder_hidden_states
-                embeds = rows[index : index + 1] if rows.shape[0] > 1 else rows
-            image_seed = None if generator is not None else seeds[index]
-            if image_seed is None and generator is None:
-                image_seed = secrets.randbelow(2**31)
-            result = self._upscale_one(
-                lr_image.convert("RGB"),
-                prompt=prompt,
-                added_prompt=added_prompt,
-                negative_prompt=negative_prompt,
-                tags=tags,
-                extra_tags=split_tags(extra_tags),
-                remove_tags=split_tags(remove_tags),
-                use_tags=use_tags,
-                image_embeds=embeds,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                conditioning_scale=conditioning_scale,
-                upscale=upscale,
-                process_size=process_size,
-                start_point=start_point,
-                latent_tile_size=latent_tile_size,
-                latent_tile_overlap=latent_tile_overlap,
-                tile_batch_size=tile_batch_size,
-                color_fix=color_fix,
-                seed=image_seed,
-                generator=generator,
-                device=device,
-                keep=return_intermediates,
+        options.validate()
+        check_scheduler(self.scheduler)
+        unknown = set(options.callback_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}"
             )
-            output_image, prompt_text, tag_list, saved = result
-            outputs.append(output_image if output_type == "pil" else np.asarray(output_image, dtype=np.float32) / 255)
-            prompts.append(prompt_text)
-            negatives.append(negative_prompt)
-            all_tags.append(tag_list)
-            used_seeds.append(image_seed)
-            intermediates.append(saved)
+        if image_embeds is not None and image_embeds.shape[0] not in (1, len(images)):
+            raise ValueError("image_encoder_hidden_states must have batch 1 or one row per image")
+        if generator is not None:
+            return [None] * len(images)
+        seeds = [seed] * len(images) if isinstance(seed, int) or seed is None else list(seed)
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds given for {len(images)} images")
+        return [secrets.randbelow(2**31) if value is None else value for value in seeds]
 
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (outputs, prompts, all_tags)
-        return SeeSRPipelineOutput(
-            images=outputs,
-            prompts=prompts,
-            negative_prompts=negatives,
-            tags=all_tags,
-            seeds=used_seeds,
-            intermediates=intermediates if return_intermediates else None,
-        )
+    def _resolve_tile_size(self, options: _CallOptions, device: torch.device) -> _CallOptions:
+        size = options.latent_tile_size
+        if size == "auto":
+            size = auto_latent_tile_size(self.unet, device, self.unet.dtype, options.tile_batch_size)
+        size = int(size)
+        if size < 1:
+            raise ValueError(f"latent_tile_size must be >= 1 or 'auto', got {size}")
+        return replace(options, latent_tile_size=size)
 
     def _upscale_one(
         self,
         lr_image: Image.Image,
-        *,
-        prompt: str,
-        added_prompt: str,
-        negative_prompt: str,
-        tags: str | Sequence[str] | None,
-        extra_tags: list[str],
-        remove_tags: list[str],
-        use_tags: bool,
+        options: _CallOptions,
         image_embeds: torch.Tensor | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        conditioning_scale: float,
-        upscale: int,
-        process_size: int,
-        start_point: str,
-        latent_tile_size: int,
-        latent_tile_overlap: int,
-        tile_batch_size: int,
-        color_fix: str,
         seed: int | None,
         generator: torch.Generator | None,
         device: torch.device,
-        keep: bool,
-    ) -> tuple[Image.Image, str, list[str], dict[str, Any]]:
+    ) -> _ImageResult:
+        """One image, REFERENCE §1.3-§1.12 (numbered like the module docstring)."""
         saved: dict[str, Any] = {}
-        dtype = self.unet.dtype
-        fast_path = self.fast_path
-        # the fast path keeps the latent state (and so every random draw) in float32, whatever the model dtype
-        state_dtype = torch.float32 if fast_path is not None else dtype
+        # the latent state dtype: the models' (official promotion) or float32 (fast presets)
+        state_dtype = torch.float32 if self.execution.float32_state else self.unet.dtype
 
-        # 2. Hard and soft prompt from DAPE on the ORIGINAL LR image
+        # 1. Hard and soft prompt (DAPE on the ORIGINAL LR image), CLIP text embeddings, CFG batch
+        condition = self._condition(lr_image, options, image_embeds, device, saved)
+
+        # 2. Control image I_lr↑ (PIL bicubic resizes), (1, 3, H, W) in [0, 1]
+        control_pil, control = self._control_image(lr_image, options, device, state_dtype)
+
+        # 3. Sampler plan (timesteps kept on the host) and the per-image generators
+        plan = make_step_plan(self.scheduler, options.num_inference_steps)
+        if generator is None:
+            generator, posterior_generator = self._seeded_generators(seed)
+        else:
+            posterior_generator = generator
+
+        # 4. Start latents: LR embedding noised to t = 999, or pure noise
+        latents = self._start_latents(control, options, generator, posterior_generator, state_dtype, saved)
+
+        # 5. Denoising loop (latent tiles, CFG, sampler step, callbacks)
+        saved.update(prompt_input_ids=condition.ids, timesteps=torch.tensor(plan.timesteps))
+        latents = self._denoise(latents, plan, condition, control, options, generator, saved)
+
+        # 6. Decode, uint8, colour fix against I_lr↑, resize back to upscale × the original size
+        final = self._finish(latents, lr_image, control_pil, options, saved)
+        return _ImageResult(final, condition.prompt, condition.tags, seed, saved if options.keep else {})
+
+    def _condition(
+        self,
+        lr_image: Image.Image,
+        options: _CallOptions,
+        image_embeds: torch.Tensor | None,
+        device: torch.device,
+        saved: dict[str, Any],
+    ) -> _Condition:
+        """Tags and DAPE embeddings, the prompt, CLIP embeddings; with CFG ``[negative, positive]`` and the DAPE
+        embeddings duplicated unchanged (REFERENCE §1.5 step 3)."""
         tag_list: list[str] = []
-        if image_embeds is None or (use_tags and tags is None):
+        if image_embeds is None or (options.use_tags and options.tags is None):
             tagger_tags, tagger_embeds = self.run_tagger(lr_image)
-            if image_embeds is None:
-                image_embeds = tagger_embeds
+            image_embeds = tagger_embeds if image_embeds is None else image_embeds
             tag_list = tagger_tags
-        if tags is not None:
-            tag_list = split_tags(tags)
-        if not use_tags:
+        if options.tags is not None:
+            tag_list = split_tags(options.tags)
+        if not options.use_tags:
             tag_list = []
-        tag_list = edit_tags(tag_list, extra_tags, remove_tags)
-        full_prompt = build_prompt(tag_list, prompt, added_prompt)
-
-        # 3. Text embeddings, CFG batch [negative, positive]; the DAPE embeddings are duplicated unchanged
-        do_cfg = guidance_scale > 1.0
+        tag_list = edit_tags(tag_list, options.extra_tags, options.remove_tags)
+        full_prompt = build_prompt(tag_list, options.prompt, options.added_prompt)
         prompt_ids, prompt_embeds = self.encode_prompt(full_prompt, device)
-        image_embeds = image_embeds.to(device=device, dtype=dtype)
-        if do_cfg:
-            negative_ids, negative_embeds = self.encode_prompt(negative_prompt, device)
+        image_embeds = image_embeds.to(device=device, dtype=self.unet.dtype)
+        if options.guidance_scale > 1.0:
+            negative_ids, negative_embeds = self.encode_prompt(options.negative_prompt, device)
             prompt_ids = torch.cat([negative_ids, prompt_ids])
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
             image_embeds = torch.cat([image_embeds, image_embeds])
-        prompt_embeds = prompt_embeds.to(dtype)
+        prompt_embeds = prompt_embeds.to(self.unet.dtype)
+        saved.update(prompt=full_prompt, prompt_embeds=prompt_embeds, image_encoder_hidden_states=image_embeds[:1])
+        return _Condition(full_prompt, tag_list, prompt_ids, prompt_embeds, image_embeds)
 
-        # 4. Control image I_lr↑: PIL bicubic resizes, (1, 3, H, W) in [0, 1]
-        control_pil = prepare_control_image(lr_image, upscale, process_size)
+    def _control_image(
+        self, lr_image: Image.Image, options: _CallOptions, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Image.Image, torch.Tensor]:
+        control_pil = prepare_control_image(lr_image, options.upscale, options.process_size)
         width, height = control_pil.size
         if width < self.vae_scale_factor or height < self.vae_scale_factor:
             raise ValueError(f"image too small to process ({lr_image.size[0]}x{lr_image.size[1]})")
         control_array = np.asarray(control_pil, dtype=np.float32) / 255.0
-        control = torch.from_numpy(control_array).permute(2, 0, 1)[None].to(device=device, dtype=state_dtype)
-        control_batch = torch.cat([control, control]) if do_cfg else control
+        control = torch.from_numpy(control_array).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+        return control_pil, control
 
-        # 5. Timesteps (DDPM, "leading" spacing + steps_offset: 981, 961, …, 1 for 50 steps). The scheduler keeps
-        #    its schedule on the CPU so that its step() never waits for the accelerator; the models get device copies.
-        self.scheduler.set_timesteps(num_inference_steps, device="cpu")
-        timesteps = self.scheduler.timesteps
-        model_timesteps = timesteps.to(device)
-
-        # 6. Initial noise ε from the per-image generator
-        if generator is None:
-            assert seed is not None
-            generator, posterior_generator = self._seeded_generators(seed)
-        else:
-            posterior_generator = generator
-        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
-        channels = self.unet.config.in_channels
-        shape = (1, channels, latent_height, latent_width)
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=state_dtype)
+    def _start_latents(
+        self,
+        control: torch.Tensor,
+        options: _CallOptions,
+        generator: torch.Generator,
+        posterior_generator: torch.Generator,
+        state_dtype: torch.dtype,
+        saved: dict[str, Any],
+    ) -> torch.Tensor:
+        """Initial noise ε (generator), then for ``start_point="lr"`` ``√ᾱ_999·z_lr + √(1−ᾱ_999)·ε`` with ``z_lr``
+        the posterior sample of the control image (REFERENCE §1.8, RNG as §1.13 with private generators)."""
+        height, width = (size // self.vae_scale_factor for size in control.shape[-2:])
+        shape = (1, self.unet.config.in_channels, height, width)
+        noise = randn_tensor(shape, generator=generator, device=control.device, dtype=state_dtype)
         noise = noise * self.scheduler.init_noise_sigma
+        saved.update(init_noise_latents=noise)
+        if options.start_point != "lr":
+            saved.update(start_latents=noise)
+            return noise
+        moments = vae_encode_moments(self.vae, control * 2 - 1, self.vae_tiling, self.execution.vae_storage)
+        if self.execution.float32_state:
+            moments = moments.float()
+        posterior = DiagonalGaussianDistribution(moments)
+        # the official code encodes both (identical) CFG rows: draw (2, …) and keep row 0 for RNG parity
+        rows = 2 if options.guidance_scale > 1.0 else 1
+        eps = randn_tensor(
+            (rows, *posterior.mean.shape[1:]),
+            generator=posterior_generator,
+            device=control.device,
+            dtype=moments.dtype,
+        )[:1]
+        sample = posterior.mean + posterior.std * eps
+        lr_latents = (sample * self.vae.config.scaling_factor).to(state_dtype)
+        latents = add_noise(self.scheduler, lr_latents, noise, LR_START_TIMESTEP)
+        saved.update(
+            vae_posterior_mean=posterior.mean,
+            vae_posterior_std=posterior.std,
+            vae_posterior_eps=eps,
+            vae_posterior_sample=sample,
+            lr_latents_scaled=lr_latents,
+            start_latents=latents,
+        )
+        return latents
 
-        # 7. Start point: LR embedding (LR latent noised to t = 999) or pure noise
-        if start_point == "lr":
-            vae_dtype = self.vae.dtype
-            if fast_path is not None:
-                moments = fast.encode_moments(
-                    self.vae, control * 2 - 1, self.vae_tiling, fast_path.vae_storage
-                ).float()
-                vae_dtype = torch.float32
-            else:
-                moments = vae_encode_moments(self.vae, (control * 2 - 1).to(vae_dtype), self.vae_tiling)
-            posterior = DiagonalGaussianDistribution(moments)
-            # the official code encodes both (identical) CFG rows: draw (2, …) and keep row 0 for RNG parity
-            eps_rows = 2 if do_cfg else 1
-            posterior_eps = randn_tensor(
-                (eps_rows, *posterior.mean.shape[1:]), generator=posterior_generator, device=device, dtype=vae_dtype
-            )[:1]
-            posterior_sample = posterior.mean + posterior.std * posterior_eps
-            lr_latents = (posterior_sample * self.vae.config.scaling_factor).to(state_dtype)
-            start_timestep = torch.tensor([LR_START_TIMESTEP], device=device)
-            latents = self.scheduler.add_noise(lr_latents, noise, start_timestep)
-            if keep:
-                saved.update(
-                    vae_posterior_mean=posterior.mean,
-                    vae_posterior_std=posterior.std,
-                    vae_posterior_eps=posterior_eps,
-                    vae_posterior_sample=posterior_sample,
-                    lr_latents_scaled=lr_latents,
-                )
-        else:
-            latents = noise
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        plan: Any,
+        condition: _Condition,
+        control: torch.Tensor,
+        options: _CallOptions,
+        generator: torch.Generator,
+        saved: dict[str, Any],
+    ) -> torch.Tensor:
+        """The one loop: tiles when ``h·w > tile²`` (Gaussian-blended), CFG, sampler step, per the execution config."""
+        config = self.execution
+        tiles = tile_grid(*latents.shape[-2:], options.latent_tile_size, options.latent_tile_overlap)
+        rows = condition.prompt_embeds.shape[0]
+        control_batch = torch.cat([control] * rows)
+        size = resolve_tile_batch_size(config, self.unet, latents.device, tiles, rows, options.tile_batch_size)
+        denoiser = GuidedDenoiser(
+            self.noise_predictor(),
+            tuple(latents.shape[-2:]),
+            tiles,
+            condition.prompt_embeds,
+            condition.image_embeds,
+            control_batch,
+            options.guidance_scale,
+            options.conditioning_scale,
+            size,
+            pad_tiles=config.pad_tiles,
+            compute_dtype=self.unet.dtype,
+            float32_output=config.float32_state,
+        )
+        noise = StepNoise(plan, latents.shape, generator, latents.device, config.step_noise)
+        saved.update(tiles=tiles, step_noise_pred=[], step_latents_out=[])
+        with self.progress_bar(total=len(plan.timesteps)) as progress:
+            on_step = self._step_hook(options, condition, control_batch, progress, saved)
+            latents = denoise(denoiser, plan, latents, noise, float32_state=config.float32_state, on_step=on_step)
+        return latents
 
-        # 8. Denoising loop (tiled when h·w > tile², Gaussian-blended, float32 merged prediction)
-        tiles = tile_grid(latent_height, latent_width, latent_tile_size, latent_tile_overlap)
-        tile_weights = None
-        if len(tiles) > 1:
-            weight_dtype = torch.float32 if device.type == "mps" else torch.float64
-            tile_weights = gaussian_weights(tiles[0].height, tiles[0].width, device=device, dtype=weight_dtype)
-        if keep:
-            saved.update(
-                prompt=full_prompt,
-                prompt_input_ids=prompt_ids,
-                prompt_embeds=prompt_embeds,
-                image_encoder_hidden_states=image_embeds[:1],
-                control_image_uint8=np.asarray(control_pil),
-                init_noise_latents=noise,
-                start_latents=latents,
-                timesteps=timesteps,
-                tiles=tiles,
-            )
-        step_predictions, step_latents = [], []
-        with self.progress_bar(total=len(timesteps)) as progress:
-            if fast_path is not None:
+    def _step_hook(
+        self, options: _CallOptions, condition: _Condition, control: torch.Tensor, progress: Any, saved: dict
+    ) -> Callable[[int, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, bool]]:
+        """After each step: intermediates, progress, ``callback_on_step_end`` (tensors only when asked), interrupt."""
 
-                def on_step(index: int, noise_pred: torch.Tensor, step_output: torch.Tensor) -> None:
-                    if keep:
-                        step_predictions.append(noise_pred)
-                        step_latents.append(step_output)
-                    progress.update()
+        def on_step(index: int, timestep: int, noise_pred: torch.Tensor, latents: torch.Tensor):
+            if options.keep:
+                saved["step_noise_pred"].append(noise_pred)
+                saved["step_latents_out"].append(latents)
+            progress.update()
+            if options.callback is not None:
+                available = {
+                    "latents": latents,
+                    "noise_pred": noise_pred,
+                    "prompt_embeds": condition.prompt_embeds,
+                    "image_embeds": condition.image_embeds,
+                    "control_image": control,
+                }
+                kwargs = {name: available[name] for name in options.callback_inputs}
+                returned = options.callback(self, index, timestep, kwargs) or {}
+                latents = returned.get("latents", latents)
+            return latents, self._interrupt
 
-                latents = fast.run_denoising(
-                    self,
-                    latents,
-                    timesteps,
-                    prompt_embeds,
-                    image_embeds,
-                    control_batch,
-                    tiles,
-                    guidance_scale=guidance_scale,
-                    conditioning_scale=conditioning_scale,
-                    generator=generator,
-                    tile_batch_size=tile_batch_size,
-                    on_step=on_step,
-                )
-            else:
-                for index, timestep in enumerate(timesteps.tolist()):
-                    noise_pred = denoise_step(
-                        self.unet,
-                        self.controlnet,
-                        latents,
-                        model_timesteps[index],
-                        prompt_embeds,
-                        image_embeds,
-                        control_batch,
-                        guidance_scale,
-                        conditioning_scale,
-                        tiles,
-                        tile_weights,
-                        tile_batch_size,
-                    )
-                    latents = self.scheduler.step(
-                        noise_pred, timestep, latents, generator=generator, return_dict=False
-                    )[0]
-                    if keep:
-                        step_predictions.append(noise_pred)
-                        step_latents.append(latents)
-                    progress.update()
+        return on_step
 
-        # 9. Decode and round to uint8 (as diffusers' VaeImageProcessor)
-        if fast_path is not None:
-            decoder_input = latents / self.vae.config.scaling_factor
-            decoded = fast.decode_latents(self.vae, decoder_input, self.vae_tiling, fast_path.vae_storage).float()
-        else:
-            decoder_input = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-            decoded = vae_decode(self.vae, decoder_input, self.vae_tiling)
+    def _finish(
+        self,
+        latents: torch.Tensor,
+        lr_image: Image.Image,
+        control_pil: Image.Image,
+        options: _CallOptions,
+        saved: dict[str, Any],
+    ) -> Image.Image:
+        """Decode (as diffusers' VaeImageProcessor), colour fix against I_lr↑ (truncating), PIL-bicubic resize to
+        ``upscale ×`` the original size (a copy when it already matches)."""
+        scaling = self.vae.config.scaling_factor
+        config = self.execution
+        # fast presets divide in float32 (the VAE casts); exact divides in the VAE dtype, as the official code
+        decoder_input = latents / scaling if config.float32_state else latents.to(self.vae.dtype) / scaling
+        decoded = vae_decode(self.vae, decoder_input, self.vae_tiling, config.vae_storage)
+        if config.float32_state:
+            decoded = decoded.float()
         pipeline_uint8 = _to_uint8(decoded)
-        generated = Image.fromarray(pipeline_uint8)
-
-        # 10. Colour fix against I_lr↑ (truncating back-conversion)
-        fixed = apply_color_fix(generated, control_pil, color_fix)
-
-        # 11. Resize back to upscale × the original size (PIL bicubic; a copy when the size already matches)
+        fixed = apply_color_fix(Image.fromarray(pipeline_uint8), control_pil, options.color_fix)
         lr_width, lr_height = lr_image.size
-        final = fixed.resize((lr_width * upscale, lr_height * upscale), Image.Resampling.BICUBIC)
-
-        if keep:
+        final = fixed.resize((lr_width * options.upscale, lr_height * options.upscale), Image.Resampling.BICUBIC)
+        if options.keep:
             saved.update(
-                step_noise_pred=torch.cat(step_predictions),
-                step_latents_out=torch.cat(step_latents),
+                control_image_uint8=np.asarray(control_pil),
+                step_noise_pred=torch.cat(saved["step_noise_pred"]),
+                step_latents_out=torch.cat(saved["step_latents_out"]),
                 final_latents=latents,
                 vae_decoder_input=decoder_input,
                 decoded_image=decoded,
@@ -716,4 +674,99 @@ class SeeSRPipeline(DiffusionPipeline):
                 colorfix_output_uint8=np.asarray(fixed),
                 final_output_uint8=np.asarray(final),
             )
-        return final, full_prompt, tag_list, saved
+        return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# call plumbing
+
+
+@dataclass(frozen=True)
+class _CallOptions:
+    """The per-call arguments of :meth:`SeeSRPipeline.__call__` shared by every image."""
+
+    prompt: str
+    added_prompt: str
+    negative_prompt: str
+    tags: str | Sequence[str] | None
+    extra_tags: list[str]
+    remove_tags: list[str]
+    use_tags: bool
+    num_inference_steps: int
+    guidance_scale: float
+    conditioning_scale: float
+    upscale: int
+    process_size: int
+    start_point: str
+    latent_tile_size: int | str
+    latent_tile_overlap: int
+    tile_batch_size: int
+    color_fix: str
+    output_type: str
+    keep: bool
+    callback: Callable[..., dict[str, Any] | None] | None
+    callback_inputs: tuple[str, ...]
+
+    def validate(self) -> None:
+        checks = [
+            (self.start_point in START_POINTS, f"start_point must be one of {START_POINTS}, got {self.start_point!r}"),
+            (
+                self.color_fix in (*COLOR_FIX_METHODS, "nofix"),
+                f"color_fix must be one of {COLOR_FIX_METHODS}, got {self.color_fix!r}",
+            ),
+            (self.num_inference_steps >= 1, f"num_inference_steps must be >= 1, got {self.num_inference_steps}"),
+            (
+                self.upscale >= 1 and self.process_size >= 8,
+                f"upscale must be >= 1 and process_size >= 8, got {self.upscale} and {self.process_size}",
+            ),
+            (self.output_type in ("pil", "np"), f"output_type must be 'pil' or 'np', got {self.output_type!r}"),
+            (self.tile_batch_size >= 1, f"tile_batch_size must be >= 1, got {self.tile_batch_size}"),
+            (self.latent_tile_overlap >= 0, f"latent_tile_overlap must be >= 0, got {self.latent_tile_overlap}"),
+            (self.callback is None or callable(self.callback), "callback_on_step_end must be callable"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class _Condition:
+    prompt: str
+    tags: list[str]
+    ids: torch.Tensor
+    prompt_embeds: torch.Tensor
+    image_embeds: torch.Tensor
+
+
+@dataclass
+class _ImageResult:
+    image: Image.Image
+    prompt: str
+    tags: list[str]
+    seed: int | None
+    saved: dict[str, Any]
+
+
+def _row(embeds: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    if embeds is None:
+        return None
+    return embeds[index : index + 1] if embeds.shape[0] > 1 else embeds
+
+
+def _output(results: list[_ImageResult], options: _CallOptions, return_dict: bool) -> SeeSRPipelineOutput | tuple:
+    images = [
+        result.image if options.output_type == "pil" else np.asarray(result.image, dtype=np.float32) / 255
+        for result in results
+    ]
+    prompts = [result.prompt for result in results]
+    tags = [result.tags for result in results]
+    if not return_dict:
+        return (images, prompts, tags)
+    return SeeSRPipelineOutput(
+        images=images,
+        prompts=prompts,
+        negative_prompts=[options.negative_prompt] * len(results),
+        tags=tags,
+        seeds=[result.seed for result in results],
+        intermediates=[result.saved for result in results] if options.keep else None,
+    )

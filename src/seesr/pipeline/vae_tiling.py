@@ -14,9 +14,9 @@ This module runs the *same* AutoencoderKL layers band by band (horizontal strips
 * the mid block (ResNets + single-head attention) runs whole at 1/8 resolution, where it is small, so the
   attention stays global as in the untiled model.
 
-Full-resolution activations live on the ``storage`` device (the CPU when computing on an accelerator); only one
-band at a time is on the compute device, so accelerator memory is bounded by the band size, whatever the image
-size. It is only activated above the official thresholds (``max(H, W) > 1088`` px to encode, ``max(h, w) > 246``
+Full-resolution activations live on the ``storage`` device: the accelerator when they fit in its free memory
+(``"auto"``), else the host, where only one band at a time is on the compute device, so accelerator memory is
+bounded by the band size, whatever the image size. It is only activated above the official thresholds (``max(H, W) > 1088`` px to encode, ``max(h, w) > 246``
 latent px to decode), so small images, including every parity case, take the untiled diffusers path.
 """
 
@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -248,43 +249,76 @@ def banded_decoder_forward(decoder: nn.Module, z: torch.Tensor, runner: _BandRun
     return runner.conv(sample, decoder.conv_out, pre=runner.norm_act(decoder.conv_norm_out, decoder.conv_act, stats))
 
 
-def _storage_for(device: torch.device) -> torch.device:
-    return torch.device("cpu") if device.type != "cpu" else device
+#: where full-resolution activations of the banded VAE live: the compute device when they fit ("auto"), the
+#: compute device ("device") or the host ("cpu")
+VAEStorage = Literal["auto", "device", "cpu"]
 
 
-def vae_encode_moments(vae: AutoencoderKL, image: torch.Tensor, config: VAETilingConfig | None = None) -> torch.Tensor:
-    """Posterior moments ``(B, 2·latent_channels, H/8, W/8)`` (mean then log-variance) of ``image`` in [-1, 1].
+def _storage_for(
+    device: torch.device, storage: VAEStorage, channels: int, height: int, width: int, dtype: torch.dtype
+) -> torch.device:
+    if device.type == "cpu" or storage == "cpu":
+        return torch.device("cpu")
+    if storage == "device":
+        return device
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    # a ResNet block holds its input, the hidden activation and the output at full resolution, plus float64 bands
+    estimate = 4 * channels * height * width * (torch.finfo(dtype).bits // 8)
+    return device if estimate < 0.7 * free else torch.device("cpu")
 
-    Uses the plain diffusers encoder unless the image is above the encoder threshold, then the banded one.
+
+def _runner(device: torch.device, storage: torch.device, tile_size: int, height: int, width: int) -> _BandRunner:
+    # bands four times larger when the activations stay on the accelerator anyway
+    scale = 4.0 if storage == device and device.type != "cpu" else 1.0
+    return _BandRunner(device, storage, min(1.0, scale * tile_size**2 / (height * width)))
+
+
+def vae_encode_moments(
+    vae: AutoencoderKL, image: torch.Tensor, config: VAETilingConfig | None = None, storage: VAEStorage = "auto"
+) -> torch.Tensor:
+    """Posterior moments ``(B, 2·latent_channels, H/8, W/8)`` (mean then log-variance) of ``image`` in [-1, 1],
+    in the VAE dtype (``image`` is cast to it).
+
+    The package's one VAE encode: plain diffusers below the encoder threshold, else banded (exact GroupNorm
+    statistics), its activations kept on the accelerator when they fit (``storage``).
     """
     config = config or VAETilingConfig()
+    image = image.to(vae.dtype)
     height, width = image.shape[-2:]
     if not config.encode_is_tiled(height, width):
         moments = vae.encoder(image)
     else:
         device = image.device
-        fraction = min(1.0, config.encoder_tile_size**2 / (height * width))
-        runner = _BandRunner(device, _storage_for(device), fraction)
-        logger.debug("banded VAE encode of %dx%d (band fraction %.3f)", width, height, fraction)
+        target = _storage_for(device, storage, vae.config.block_out_channels[0], height, width, vae.dtype)
+        runner = _runner(device, target, config.encoder_tile_size, height, width)
+        logger.debug("banded VAE encode of %dx%d (band fraction %.3f)", width, height, runner.fraction)
         moments = banded_encoder_forward(vae.encoder, image, runner).to(device)
     if vae.quant_conv is not None:
         moments = vae.quant_conv(moments)
     return moments
 
 
-def vae_decode(vae: AutoencoderKL, latents: torch.Tensor, config: VAETilingConfig | None = None) -> torch.Tensor:
-    """Decode *unscaled* latents ``(B, z, h, w)`` (i.e. already divided by the scaling factor) to ``(B, 3, 8h, 8w)``.
+def vae_decode(
+    vae: AutoencoderKL, latents: torch.Tensor, config: VAETilingConfig | None = None, storage: VAEStorage = "auto"
+) -> torch.Tensor:
+    """Decode *unscaled* latents ``(B, z, h, w)`` (already divided by the scaling factor; cast to the VAE dtype) to
+    ``(B, 3, 8h, 8w)`` in the VAE dtype.
 
-    Uses ``vae.decode`` unless the latent is above the decoder threshold, then the banded decoder.
+    The package's one VAE decode: ``vae.decode`` below the decoder threshold, else the banded decoder, its
+    activations kept on the accelerator when they fit (``storage``).
     """
     config = config or VAETilingConfig()
+    latents = latents.to(vae.dtype)
     height, width = latents.shape[-2:]
     if not config.decode_is_tiled(height, width):
         return vae.decode(latents, return_dict=False)[0]
     device = latents.device
     if vae.post_quant_conv is not None:
         latents = vae.post_quant_conv(latents)
-    fraction = min(1.0, config.decoder_tile_size**2 / (height * width))
-    runner = _BandRunner(device, _storage_for(device), fraction)
-    logger.debug("banded VAE decode of latent %dx%d (band fraction %.3f)", width, height, fraction)
+    channels = vae.config.block_out_channels[0]
+    target = _storage_for(device, storage, channels, 8 * height, 8 * width, vae.dtype)
+    runner = _runner(device, target, config.decoder_tile_size, height, width)
+    logger.debug("banded VAE decode of latent %dx%d (band fraction %.3f)", width, height, runner.fraction)
     return banded_decoder_forward(vae.decoder, latents, runner).to(device)
