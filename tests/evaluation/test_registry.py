@@ -56,7 +56,8 @@ def test_weight_paths_follow_torch_home(tmp_path, monkeypatch):
 
 
 def test_parse_metric_list():
-    assert parse_metric_list(None, has_gt=True) == list(METRICS)
+    table2 = ["psnr", "ssim", "lpips", "dists", "fid", "niqe", "maniqa", "musiq", "clipiqa"]
+    assert parse_metric_list(None, has_gt=True) == table2  # tag_f1 etc. only when asked for
     assert parse_metric_list(None, has_gt=False) == list(DEFAULT_NR_METRICS) == ["niqe", "maniqa", "musiq", "clipiqa"]
     assert parse_metric_list("NIQE, clip-iqa,psnr", has_gt=True) == ["psnr", "niqe", "clipiqa"]  # Table 2 order
     with pytest.raises(ValueError, match="unknown metric"):

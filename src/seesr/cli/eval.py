@@ -17,6 +17,8 @@ METRIC_HELP = """metrics (Table 2 of the paper; default: all that the mode allow
   maniqa         pyiqa 'maniqa' (KonIQ-10k)               no-reference, higher is better
   musiq          pyiqa 'musiq' (KonIQ-10k)                no-reference, higher is better
   clipiqa        pyiqa 'clipiqa' (CLIP RN50)              no-reference, higher is better
+  tag_f1         plain RAM tags of prediction vs GT: F1 (and tag_precision, tag_recall)   not in the default;
+                 RAM from --tagger, else the official RAM file in the Hugging Face cache (fetched on first use)
 Learned metrics use pyiqa 0.1.16 (pip install --no-deps pyiqa==0.1.16). Their weights are fetched on first use
 into $TORCH_HOME/hub (checkpoints/, pyiqa/, clip/); offline (HF_HUB_OFFLINE=1 or --offline) the command lists
 the missing files and stops, unless --skip-unavailable.
@@ -31,6 +33,7 @@ examples:
   seesr eval --pred results/ --gt RealSR/test_HR --out report/
   seesr eval --pred results/ --metrics niqe,musiq,maniqa,clipiqa --out report/   # no ground truth
   seesr eval --pred results/ --gt HR/ --metrics psnr,ssim --crop-border 4 --out report/
+  seesr eval --pred results/ --gt HR/ --metrics tag_f1 --out report/   # RAM tag agreement with the GT
 """
 
 
@@ -89,6 +92,12 @@ def add_eval_arguments(parser: Any, with_folders: bool, with_device: bool = True
         action="store_true",
         help="load metric weight files with full unpickling (only for files you trust; default is weights-only)",
     )
+    parser.add_argument(
+        "--tagger",
+        metavar="PATH",
+        help="RAM checkpoint ram_swin_large_14m.pth, or a folder holding it (a model folder with ram/ works), for "
+        "tag_f1 (plain RAM, no DAPE LoRA); default: the RAM file in the Hugging Face cache",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary table")
 
 
@@ -126,6 +135,7 @@ def evaluate_to_report(
         trust_weights=args.trust_metric_weights,
         skip_unavailable=args.skip_unavailable,
         progress=not args.quiet,
+        tagger=None if getattr(args, "tagger", None) is None else Path(args.tagger),
     )
     try:
         if pred_files is not None:

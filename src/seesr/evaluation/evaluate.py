@@ -20,6 +20,7 @@ from seesr.evaluation.pairing import list_images, pair_files
 from seesr.evaluation.registry import (
     METRICS,
     PYIQA_VERSION,
+    TAG_METRICS,
     MetricUnavailableError,
     Scorer,
     build_scorer,
@@ -123,6 +124,34 @@ def _preflight(
     return [name for name in metrics if name not in skipped]
 
 
+def _build_tag_scorers(
+    names: Sequence[str],
+    scorers: dict[str, Scorer],
+    result: EvaluationResult,
+    device: Any,
+    tagger: Path | None,
+    allow_download: bool,
+    skip_unavailable: bool,
+    progress: bool,
+) -> None:
+    """The tag metrics share one tagger: build them together (or record them as skipped)."""
+    wanted = [name for name in names if name in TAG_METRICS]
+    if not wanted:
+        return
+    from seesr.evaluation.semantic.tags import build_tag_scorers
+
+    try:
+        scorers.update(build_tag_scorers(wanted, device, tagger, allow_download, progress))
+    except MetricUnavailableError as error:
+        if not skip_unavailable:
+            raise
+        for name in wanted:
+            result.skipped_metrics[name] = str(error)
+        logger.warning("skipping the tag metrics: %s", error)
+        return
+    result.settings["tagger"] = "default RAM file (HF cache)" if tagger is None else str(tagger)
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path | None = None,
@@ -133,6 +162,7 @@ def evaluate_folders(
     trust_weights: bool = False,
     skip_unavailable: bool = False,
     progress: bool = True,
+    tagger: Path | None = None,
 ) -> EvaluationResult:
     """Score every image of ``pred_dir`` (paired by stem with ``gt_dir`` when given).
 
@@ -146,6 +176,7 @@ def evaluate_folders(
         trust_weights: allow full unpickling of metric weight files.
         skip_unavailable: leave out metrics that cannot be built instead of failing.
         progress: show a tqdm progress bar.
+        tagger: RAM checkpoint or folder for the tag metrics (None = the official RAM file in the HF cache).
 
     Raises:
         ValueError: bad folders or metric names.
@@ -174,6 +205,7 @@ def evaluate_folders(
         trust_weights=trust_weights,
         skip_unavailable=skip_unavailable,
         progress=progress,
+        tagger=tagger,
     )
 
 
@@ -189,6 +221,7 @@ def evaluate_files(
     trust_weights: bool = False,
     skip_unavailable: bool = False,
     progress: bool = True,
+    tagger: Path | None = None,
 ) -> EvaluationResult:
     """:func:`evaluate_folders` on explicit file lists (e.g. a dataset whose LR and HR images share a folder).
 
@@ -223,8 +256,9 @@ def evaluate_files(
     per_image = [name for name in names if name != "fid"]
     to_build = _preflight(names, allow_download, skip_unavailable, result.skipped_metrics)
     scorers: dict[str, Scorer] = {}
+    _build_tag_scorers(to_build, scorers, result, device, tagger, allow_download, skip_unavailable, progress)
     for name in to_build:
-        if name == "fid":
+        if name == "fid" or name in TAG_METRICS:
             continue
         try:
             scorers[name] = build_scorer(

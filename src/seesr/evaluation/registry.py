@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_NR_METRICS",
     "METRICS",
     "PYIQA_VERSION",
+    "TAG_METRICS",
     "MetricInfo",
     "MetricUnavailableError",
     "Scorer",
@@ -128,6 +129,7 @@ class MetricInfo:
     implementation: str
     weights: tuple[WeightFile, ...] = ()
     modules: tuple[str, ...] = field(default=())  # importable modules it needs besides pyiqa/torch
+    default: bool = True  # part of Table 2 (what an empty --metrics selects)
 
     @property
     def arrow(self) -> str:
@@ -200,11 +202,24 @@ METRICS: dict[str, MetricInfo] = {
             (CLIP_RN50,),
             ("clip",),
         ),
+        *(
+            MetricInfo(
+                name,
+                label,
+                "full-reference",
+                False,
+                "plain RAM (the teacher, no DAPE) tags of the prediction vs tags of the GT (seesr.evaluation.semantic.tags)",
+                default=False,
+            )
+            for name, label in (("tag_f1", "Tag F1"), ("tag_precision", "Tag P"), ("tag_recall", "Tag R"))
+        ),
     )
 }
 
-DEFAULT_FR_METRICS: tuple[str, ...] = tuple(METRICS)  # the whole of Table 2
-DEFAULT_NR_METRICS: tuple[str, ...] = tuple(name for name, info in METRICS.items() if not info.needs_gt)
+DEFAULT_FR_METRICS: tuple[str, ...] = tuple(name for name, info in METRICS.items() if info.default)  # Table 2
+DEFAULT_NR_METRICS: tuple[str, ...] = tuple(name for name in DEFAULT_FR_METRICS if not METRICS[name].needs_gt)
+#: tag agreement comes as three numbers from one tagging pass: asking for tag_f1 reports all three
+TAG_METRICS: tuple[str, ...] = ("tag_f1", "tag_precision", "tag_recall")
 
 _ALIASES = {"clip-iqa": "clipiqa", "clipqa": "clipiqa", "lpips-alex": "lpips"}
 
@@ -222,6 +237,8 @@ def parse_metric_list(text: str | Sequence[str] | None, has_gt: bool) -> list[st
     unknown = [name for name in names if name not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if "tag_f1" in names:
+        names += list(TAG_METRICS)
     if not has_gt:
         needs_gt = [name for name in names if METRICS[name].needs_gt]
         if needs_gt:
@@ -391,6 +408,7 @@ def build_scorer(
     allow_download: bool = True,
     trust_weights: bool = False,
     crop_border: int = 0,
+    tagger: Path | None = None,
 ) -> Scorer:
     """Build the per-image scorer of metric ``name`` (not ``fid``, which scores sets: see :func:`compute_fid`).
 
@@ -400,6 +418,7 @@ def build_scorer(
         crop_border: pixels removed from each edge (PSNR and SSIM only).
         allow_download: fetch missing weights; when False, missing files raise at once.
         trust_weights: load weight files with full unpickling instead of ``weights_only=True``.
+        tagger: RAM checkpoint (or folder) of the tag metrics; None = the official file in the HF cache.
 
     Raises:
         MetricUnavailableError: with a message naming what is missing.
@@ -419,6 +438,10 @@ def build_scorer(
         return fidelity_score
     if name == "fid":
         raise ValueError("FID scores a set of images, not one: use compute_fid()")
+    if name in TAG_METRICS:
+        from seesr.evaluation.semantic.tags import build_tag_scorers
+
+        return build_tag_scorers([name], device, tagger, allow_download)[name]
     if name == "niqe":
         _import_pyiqa()
         return lambda pred, gt=None: fidelity.calculate_niqe(pred)
