@@ -196,3 +196,11 @@ def test_truncated_stock_component_says_delete_and_download(tmp_path, file):
         load_components(root, load_tagger=False)
     message = str(error.value)
     assert "\n" not in message and str(root / file) in message and "delete it and download again" in message
+
+
+def test_hostile_official_ram_config_is_refused(capsys, tmp_path, no_tensor_read):
+    ram = _copy(RAM, tmp_path / "ram")
+    q2l = ram / "configs" / "q2l_config.json"
+    q2l.write_text(json.dumps({**json.loads(q2l.read_text()), "num_hidden_layers": 10**6}))
+    message = _tag_error(capsys, tmp_path)
+    assert str(ram / "configs") in message and "'head_num_layers' = 1000000" in message
