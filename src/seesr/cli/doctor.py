@@ -402,34 +402,24 @@ def _timed_calls(pipe: Any, image: Any, device: Any, seed: int, calls: int = 2) 
     return outputs, seconds / CHECK_CALL["num_inference_steps"]
 
 
-def _fast_config(device: Any) -> Any:
-    """The fast preset a user of ``device`` gets (bf16, or fp16 on CUDA GPUs without bf16)."""
-    import torch
-
-    from seesr.pipeline.fast import FastPathConfig
-
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return FastPathConfig(dtype=dtype, cuda_graphs=device.type == "cuda")
-
-
 def run_check(device: Any, min_psnr_db: float = CHECK_MIN_PSNR_DB, seed: int = CHECK_SEED) -> dict[str, Any]:
     """Exact path, then fast path, on the tiny pipeline on ``device``; ``ok`` iff every fast output's PSNR against
     the exact output is at least ``min_psnr_db``. Failures of the fast path itself are reported, not raised."""
     import numpy as np
     import torch
 
+    from seesr.pipeline.execution import fast_path_config_for
+
     image = check_image(seed)
     result: dict[str, Any] = {"device": str(device), "min_psnr_db": min_psnr_db, "seed": seed, **CHECK_CALL}
     with _restored_backend_flags():
-        # 1. exact: fp32 weights and maths (no TF32 on CUDA)
+        # 1. exact: fp32 weights and maths (TF32 off on CUDA: torch enables it for cuDNN by default)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         pipe = build_tiny_pipeline(device, seed)
         exact, exact_step = _timed_calls(pipe, image, device, seed)
         result["exact"] = {"dtype": "float32", "s_per_step": round(exact_step, 5), "shape": list(exact[-1].shape)}
-        # 2. fast: the preset of this device, through the public switch
-        config = _fast_config(device)
+        # 2. fast: the preset a user of this device gets (bf16, fp16 on GPUs without it; graphs on CUDA)
+        config = fast_path_config_for(device, enabled=True)
         try:
             pipe.enable_fast_path(config)
             fast, fast_step = _timed_calls(pipe, image, device, seed)
