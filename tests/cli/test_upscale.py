@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,31 +131,117 @@ def test_bad_input_corpus_in_one_call(tmp_path, capsys):
 
 
 def test_output_folder_is_the_input_folder(tmp_path, capsys):
+    """Issue 19 D5: a rerun into the input folder upscaled its own results (x_x4_x4.png) and renamed others."""
     folder = tmp_path / "photos"
     folder.mkdir()
     small_lr(0, (12, 10)).save(folder / "a.png")
+    small_lr(1, (12, 10)).save(folder / "b.jpg", quality=95)
     original = (folder / "a.png").read_bytes()
-    assert main(["upscale", str(folder / "a.png"), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5"]) == 0
+    argv = ["upscale", str(folder), "-o", str(folder), "--model", str(TINY), *FAST, "--seed", "5"]
+    assert main(argv) == 0
     assert (folder / "a.png").read_bytes() == original
     assert Image.open(folder / "a_x4.png").size == (48, 40)
-    assert (
-        main(
-            [
-                "upscale",
-                str(folder / "a.png"),
-                "-o",
-                str(folder),
-                "--model",
-                str(TINY),
-                *FAST,
-                "--seed",
-                "5",
-                "--skip-existing",
-            ]
-        )
-        == 0
-    )
-    assert "0 written, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png", "b.jpg", "b_x4.png"]
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("skipped") == 1 and "0 written, 2 skipped, 0 failed" in captured.out
+    assert "left out 2 image(s) that seesr upscale wrote" in captured.err
+    # without --skip-existing the results are made again under the same names, never from the results
+    assert main(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png", "b.jpg", "b_x4.png"]
+    assert "2 written, 0 skipped, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["a_file", "/proc/nope"])
+def test_bad_output_location_fails_before_the_model_loads(tmp_path, capsys, monkeypatch, where):
+    """Issue 19 D7: `-o afile` or `-o /proc/nope` loaded the model and failed once per image after all the work."""
+    import os
+
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
+
+    if where.startswith("/proc") and not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    small_lr().save(tmp_path / "a.png")
+    (tmp_path / "a_file").write_text("not a folder")
+    outdir = tmp_path / where if where == "a_file" else Path(where)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(SeeSRPipeline, "from_pretrained", no_loading)
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(outdir), "--model", str(TINY), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"-o {outdir}: " in err and "Traceback" not in err, err
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_missing_model_folder_is_found_before_any_folder_is_made(tmp_path, capsys):
+    small_lr().save(tmp_path / "a.png")
+    out = tmp_path / "new" / "out"
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(out), "--model", str(tmp_path / "no-model")]) == 1
+    assert "no-model does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # the output folder check left nothing behind
+
+
+def test_tag_edits_size_guard_gif_and_links_in_one_batch(tmp_path, capsys):
+    """--extra-tags/--remove-tags (issue 19 item 8), the size guard (issue 13 item 2), a GIF and a symlink loop
+    (issue 13 item 8): each reported on one line, the rest of the batch written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small_lr(0, (12, 10)).save(folder / "good.png")
+    Image.new("RGB", (2, 200)).save(folder / "strip.png")  # 100:1, enlarged to 32 x 3200 before the fix
+    small_lr(1, (40, 30)).save(folder / "large.png")  # 160 x 120 output > --max-output-pixels 10000
+    frames = [small_lr(seed, (12, 10)) for seed in (2, 3)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=40)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    out = tmp_path / "out"
+    argv = ["upscale", str(folder), "-o", str(out), "--model", str(TINY), *FAST, "--seed", "3"]
+    code = main([*argv, "--max-output-pixels", "10000", "--extra-tags", "sky, Tree", "--remove-tags", "nothing"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"error: {folder / 'strip.png'}: 2x200 has an aspect ratio over 64:1" in captured.err
+    assert f"error: {folder / 'large.png'}: 40x30 gives a 160x120 output" in captured.err
+    assert "--max-output-pixels" in captured.err
+    assert f"error: {folder / 'loop.png'}: symlink loop" in captured.err
+    assert f"warning: {folder / 'anim.gif'}: 2 frames; only the first is used" in captured.err
+    assert "2 written, 0 skipped, 3 failed" in captured.out
+    written = Image.open(out / "good.png")
+    assert written.text["tags"].endswith("sky, Tree") and "sky, Tree, ," in written.text["prompt"]
+    assert json.loads(written.text["seesr"])["extra_tags"] == ["sky", "Tree"]
+    assert json.loads(Image.open(out / "anim.png").text["seesr"])["input_frames"] == 2
+
+
+def test_ctrl_c_reports_progress_and_the_resume_hint(tmp_path, capsys, monkeypatch):
+    """Issue 19 item 8: Ctrl-C printed only `interrupted`."""
+    import seesr.pipeline.batch as batch
+
+    for name in ("a.png", "b.png", "c.png"):
+        small_lr().save(tmp_path / name)
+    real = batch._process_one
+
+    def interrupt_on_b(pipe, source, *args):
+        if source.name == "b.png":
+            raise KeyboardInterrupt
+        return real(pipe, source, *args)
+
+    monkeypatch.setattr(batch, "_process_one", interrupt_on_b)
+    code = main(["upscale", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(TINY), *FAST, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "1 of 3 images done before Ctrl-C (1 written, 0 skipped, 0 failed" in err
+    assert "--skip-existing" in err and "Traceback" not in err
+
+
+def test_dtype_default_reads_the_same_in_upscale_and_benchmark(capsys):
+    from seesr.cli.upscale import DTYPE_DEFAULT
+
+    texts = []
+    for command in ("upscale", "benchmark"):
+        assert main([command, "--help"]) == 0
+        texts.append(" ".join(capsys.readouterr().out.split()))
+    assert all(DTYPE_DEFAULT in text for text in texts)
+    assert "fp16 on GPU)" not in texts[1]
 
 
 def test_converted_bundle_gives_identical_output(tmp_path):
@@ -288,6 +375,10 @@ def test_help_lists_exactly_the_documented_flags(capsys):
         "--skip-existing",
         "--quiet",
         "--max-input-pixels",
+        "--max-output-pixels",
+        "--no-memory-check",
+        "--extra-tags",
+        "--remove-tags",
         "--output",
     ):
         assert flag in text, flag

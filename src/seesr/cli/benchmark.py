@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seesr.cli.eval import add_eval_arguments
+from seesr.cli.upscale import DTYPE_DEFAULT
 from seesr.evaluation.benchmark import PAPER_ROW_NAMES, PAPER_TABLE2, DatasetLayout, paper_table_text
 
 EPILOG = f"""SeeSR's rows of Table 2 (x4, 50 DDPM steps); (*) = not legible in the paper text this package used:
@@ -76,9 +77,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     upscale.add_argument("--process-size", type=int, help="minimum processing size in pixels (default: 512)")
     upscale.add_argument("--latent-tile-size", help="latent tile side or 'auto' (default: 96)")
     upscale.add_argument("--device", default=None, help="device for upscaling and learned metrics (default: best)")
-    upscale.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), help="precision (default: fp32 on CPU, fp16 on GPU)"
-    )
+    upscale.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help=f"precision (default: {DTYPE_DEFAULT})")
     upscale.add_argument("--eval-only", action="store_true", help="do not upscale; evaluate what is already in OUT/sr")
     evaluation = parser.add_argument_group("evaluation (as seesr eval)")
     add_eval_arguments(evaluation, with_folders=False, with_device=False)

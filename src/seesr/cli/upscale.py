@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # heavy modules: imported by run() only
 
 DEFAULT_OUTDIR = "seesr-out"
 COLOR_FIXES = ("adain", "wavelet", "none")
+#: the default precision, in the words of every command that upscales (upscale, benchmark)
+DTYPE_DEFAULT = "fp32 on CPU, the exact mode; bf16 on CUDA GPUs, with the fast path; fp16 with --no-fast and on MPS"
 
 
 def _tile_size(value: str) -> int | str:
@@ -58,7 +60,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Upscale real-world low-resolution photos with SeeSR. Each INPUT is an image file, a folder (its images, "
             "not recursive) or a glob pattern. Results are written as OUTDIR/<input stem>.png with the prompt, tags, "
-            "seed and every setting stored as PNG text metadata. Defaults reproduce the official test_seesr.py."
+            "seed and every setting stored as PNG text metadata; the name depends on the input alone, so reruns "
+            "find it again. With -o equal to an input's own folder the result is <stem>_x<scale>.png next to it "
+            "(the input is never replaced). Two inputs with the same stem (a.jpg, a.png) cannot share OUTDIR: the "
+            "later one is refused by name. Images that seesr upscale wrote (recognised by their metadata) are never "
+            "taken as inputs, so `seesr upscale photos -o photos --skip-existing` can be rerun. Animated GIF and "
+            "multi-page TIFF files are read as their first frame (with a warning). "
+            "Defaults reproduce the official test_seesr.py."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
@@ -68,7 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         dest="outdir",
         default=DEFAULT_OUTDIR,
         metavar="OUTDIR",
-        help=f"output folder (default: {DEFAULT_OUTDIR}); inputs are never overwritten, even if it is their folder",
+        help=f"output folder (default: {DEFAULT_OUTDIR}); created if missing; checked before the model loads; "
+        "inputs are never overwritten (in an input's own folder results are named <stem>_x<scale>.png)",
     )
     parser.add_argument(
         "--model",
@@ -107,6 +116,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="TEXT",
         help='negative prompt for classifier-free guidance (default: "dotted, noise, blur, lowres, smooth")',
+    )
+    parser.add_argument(
+        "--extra-tags",
+        default="",
+        metavar="TAGS",
+        help='comma-separated tags added to the DAPE tags of every image (e.g. "sky, tree"; default: none)',
+    )
+    parser.add_argument(
+        "--remove-tags",
+        default="",
+        metavar="TAGS",
+        help="comma-separated tags dropped from the DAPE tags (case-insensitive; default: none)",
     )
     parser.add_argument(
         "--no-tags",
@@ -155,8 +176,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--dtype",
         choices=("fp32", "fp16", "bf16"),
         default=None,
-        help="weights/compute precision (default: fp32 on CPU, the exact mode; on GPUs bf16 with the fast path, "
-        "fp16 with --no-fast)",
+        help=f"weights/compute precision (default: {DTYPE_DEFAULT})",
     )
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument(
@@ -198,7 +218,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="split the inputs over N processes, one per GPU, with one summary (like `accelerate launch "
         "--num_processes N -m seesr upscale ...`); default: 1",
     )
-    parser.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose result a previous run wrote (a complete PNG made from the same input file, whatever "
+        "the other inputs were); empty or damaged results are made again",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary; errors only")
     parser.add_argument(
         "--max-input-pixels",
@@ -207,13 +232,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="refuse inputs with more pixels than this (default: 64000000)",
     )
+    parser.add_argument(
+        "--max-output-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse inputs whose result, or the working image the model runs at (small inputs are enlarged to "
+        "--process-size first), has more pixels than this (default: 64000000, i.e. 8000x8000: a 4x upscale of a "
+        "2000x2000 photo); inputs over a 64:1 aspect ratio are always refused",
+    )
+    parser.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="do not refuse images whose estimated peak memory exceeds the memory available (default: refuse "
+        "them, per file, before any work)",
+    )
     parser.set_defaults(func=run)
     return parser
 
 
 def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kept out of module level)
     from seesr.pipeline.batch import UpscaleSettings
-    from seesr.pipeline.preprocess import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT
+    from seesr.pipeline.preprocess import (
+        DEFAULT_ADDED_PROMPT,
+        DEFAULT_MAX_OUTPUT_PIXELS,
+        DEFAULT_NEGATIVE_PROMPT,
+        split_tags,
+    )
     from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS
 
     turbo = args.turbo or args.turbo_model is not None
@@ -251,6 +296,10 @@ def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kep
         conditioning_scale=args.conditioning_scale,
         start_point=args.start_point,
         max_input_pixels=args.max_input_pixels or DEFAULT_MAX_INPUT_PIXELS,
+        max_output_pixels=args.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS,
+        check_memory=not args.no_memory_check,
+        extra_tags=tuple(split_tags(args.extra_tags)),
+        remove_tags=tuple(split_tags(args.remove_tags)),
     )
 
 
@@ -266,6 +315,15 @@ def _silence_loading() -> None:
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)  # noqa: T201
+
+
+def _interrupted_line(statuses: list[str], total: int, outdir: Path) -> str:
+    """The Ctrl-C line: how far the batch got (the resume hint follows from seesr.cli.main)."""
+    counts = {status: statuses.count(status) for status in ("ok", "skipped", "failed")}
+    return (
+        f"seesr upscale: {len(statuses)} of {total} images done before Ctrl-C ({counts['ok']} written, "
+        f"{counts['skipped']} skipped, {counts['failed']} failed -> {outdir})"
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -285,24 +343,94 @@ def _worker(args: argparse.Namespace) -> int:
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """The input files (earlier seesr results left out, with a note) and the problems found while expanding."""
+    from seesr.pipeline.batch import split_seesr_outputs
     from seesr.utils.images import iter_image_files
 
-    # 1. Validate settings and inputs before loading anything heavy.
-    settings = _settings(args)
     files, problems = iter_image_files(args.inputs)
+    files, earlier = split_seesr_outputs(files)
+    if earlier and not args.quiet and _is_main_process():
+        _err(
+            f"note: left out {len(earlier)} image(s) that seesr upscale wrote (their PNG metadata says so), "
+            f"e.g. {earlier[0]}"
+        )
     if not files:
-        raise CLIError("no input images: " + "; ".join(problems or ["nothing matched"]), EXIT_USAGE)
+        reasons = problems or ([f"{earlier[0]} is a result of seesr upscale"] if earlier else ["nothing matched"])
+        raise CLIError("no input images: " + "; ".join(reasons), EXIT_USAGE)
+    return files, problems
 
-    from seesr.pipeline.batch import plan_outputs
 
+def _is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that prints notes and the summary."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def check_output_folder(outdir: Path) -> None:
+    """Fail now, in one line, when ``outdir`` is not a folder and cannot be made one, or is not writable.
+
+    Folders it has to create for the check are removed again (nothing is left behind when a later step fails).
+    """
+    created: list[Path] = []
+    try:
+        missing = [parent for parent in [outdir, *outdir.parents] if not parent.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        if not outdir.is_dir():
+            raise CLIError(f"-o {outdir}: is a file, not a folder; choose a folder for the results", EXIT_USAGE)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=outdir, prefix=".seesr-write-test-"):
+            pass
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise CLIError(f"-o {outdir}: cannot write results there ({reason})", EXIT_USAGE) from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def _check_model(args: argparse.Namespace) -> None:
+    """The model folder (and the SD-turbo one) exist and hold every file, or the defaults are fetched, before any
+    process loads a model."""
+    from seesr.weights.resolve import MissingWeightsError, resolve_model
+
+    try:
+        if args.model is not None:
+            resolve_model(args.model, verify=False)  # files present; their sha256 is checked while loading
+        if args.turbo or args.turbo_model is not None:
+            from seesr.weights.turbo import find_turbo_folder
+
+            find_turbo_folder(args.turbo_model, args.model)
+    except MissingWeightsError as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    if args.model is None:
+        fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
+
+
+def run(args: argparse.Namespace) -> int:
+    from seesr.pipeline.batch import already_done, output_conflicts, plan_outputs
+
+    # 1. Check settings, inputs, the output folder and the model files before loading anything heavy.
+    settings = _settings(args)
+    files, problems = _inputs(args)
     outdir = Path(args.outdir)
+    check_output_folder(outdir)
     plan = plan_outputs(files, outdir, args.scale)  # over all inputs, also when each process takes a shard
-    if args.skip_existing and not problems and all(out.exists() for out in plan.values()):
-        if not args.quiet:
-            print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
-        return EXIT_OK  # nothing to do: do not even load the model
+    if args.skip_existing and not problems and not output_conflicts(plan):
+        if all(already_done(file, target) for file, target in plan.items()):
+            if not args.quiet and _is_main_process():
+                print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
+            return EXIT_OK  # nothing to do: do not even load the model
+    _check_model(args)
 
+    # 2. Start one process per GPU, or run here.
     from seesr.utils.distributed import init_distributed, is_worker, spawn_workers
 
     if args.num_gpus > 1 and not is_worker():
@@ -365,8 +493,6 @@ def _run(
     from seesr.weights.resolve import MissingWeightsError
     from seesr.weights.unet import CheckpointError
 
-    if args.model is None:
-        fetch_missing(args)  # first use: download the default weights (announced), unless --no-download
     try:
         # offloading starts from the CPU: the whole model never has to fit on the GPU at once
         pipe = SeeSRPipeline.from_pretrained(
@@ -392,9 +518,14 @@ def _run(
         for problem in problems:
             _err(f"error: {problem}")
 
+    done: list = []
+
     def report(result) -> None:
+        done.append(result.status)
         if result.status == "failed":
             _err(f"error: {result.message}")
+        elif result.status == "ok" and result.message and not args.quiet:
+            _err(f"warning: {result.message}")  # e.g. only the first frame of an animated GIF was used
 
     extra = {
         "model": getattr(getattr(pipe, "model_location", None), "description", str(args.model)),
@@ -405,17 +536,23 @@ def _run(
         "fast": fast_config is not None,
         "turbo": bool(args.turbo or args.turbo_model),
     }
-    summary = upscale_files(
-        pipe,
-        context.shard(files),
-        outdir,
-        settings,
-        skip_existing=args.skip_existing,
-        show_progress=not args.quiet and context.is_main,
-        metadata_extra=extra,
-        on_result=report,
-        output_plan=plan,
-    )
+    shard = context.shard(files)
+    try:
+        summary = upscale_files(
+            pipe,
+            shard,
+            outdir,
+            settings,
+            skip_existing=args.skip_existing,
+            show_progress=not args.quiet and context.is_main,
+            metadata_extra=extra,
+            on_result=report,
+            output_plan=plan,
+        )
+    except KeyboardInterrupt:
+        if context.is_main:
+            _err(_interrupted_line(done, len(shard), outdir))
+        raise  # seesr.cli.main prints the resume hint (--skip-existing) and exits 130
     counts = {status: summary.count(status) for status in ("ok", "skipped", "failed")}
     gathered = context.gather(counts)
     if not context.is_main:

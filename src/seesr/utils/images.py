@@ -105,6 +105,7 @@ def apply_orientation(image: Image.Image | None, orientation: int) -> Image.Imag
 
 def _open_checked(source: str | os.PathLike | Image.Image, label: str, max_pixels: int | None) -> Image.Image:
     """Open and decode (frame 1 of) ``source``; every failure becomes an :class:`ImageReadError`."""
+    image = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -118,14 +119,18 @@ def _open_checked(source: str | os.PathLike | Image.Image, label: str, max_pixel
                     "(raise it with --max-input-pixels)"
                 )
             image.load()  # decode now so truncated/corrupt data fails here, not later
-    except ImageReadError:
+    except BaseException as error:
+        if image is not None and image is not source:
+            image.close()
+        if isinstance(error, ImageReadError):
+            raise
+        if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise ImageReadError(f"{label}: image too large to open safely ({error})") from None
+        if isinstance(error, Image.UnidentifiedImageError):
+            raise ImageReadError(f"{label}: not an image file (or a format Pillow cannot read)") from None
+        if isinstance(error, (OSError, SyntaxError, ValueError)):
+            raise ImageReadError(f"{label}: cannot read image ({error})") from None
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(f"{label}: image too large to open safely ({error})") from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(f"{label}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{label}: cannot read image ({error})") from None
     return image
 
 
@@ -160,15 +165,19 @@ def load_image(
         if path.stat().st_size == 0:
             raise ImageReadError(f"{label}: empty file (0 bytes)")
     image = _open_checked(path if path is not None else source, label, max_pixels)
-    source_mode = image.mode
-    rgb, alpha = _split_colour_alpha(image)
+    try:
+        source_mode = image.mode
+        rgb, alpha = _split_colour_alpha(image)
+        orientation = exif_orientation(image)
+        frames = int(getattr(image, "n_frames", 1) or 1)
+    finally:
+        if path is not None:
+            image.close()  # animated and multi-page files keep their file open otherwise
     if path is not None and path.suffix.lower() == ".png" and source_mode in ("RGB", "RGBA"):
         exact = _read_16bit_png_rgb(path)
         if exact is not None and exact.size == rgb.size:
             rgb = exact
-    orientation = exif_orientation(image)
     rgb, alpha = apply_orientation(rgb, orientation), apply_orientation(alpha, orientation)
-    frames = int(getattr(image, "n_frames", 1) or 1)
     note = f"{label}: {frames} frames; only the first is used" if frames > 1 else ""
     return LoadedImage(path=path, rgb=rgb, alpha=alpha, source_mode=source_mode, frames=frames, note=note)
 
