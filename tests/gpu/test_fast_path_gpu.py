@@ -23,9 +23,9 @@ CASE_STEPS = 4
 
 
 def _fast_config(**overrides):
-    from seesr.pipeline.fast import FastPathConfig
+    from seesr.pipeline.execution import ExecutionConfig
 
-    return FastPathConfig(**overrides)
+    return ExecutionConfig(**overrides)
 
 
 def case2_reference():
@@ -42,6 +42,20 @@ def test_exact_path_on_cuda_reproduces_the_reference_png():
         output = upscale(tiny_pipeline())
     reference = np.asarray(case2_reference())
     assert_png_close(output, reference)
+
+
+def test_exact_preset_runs_without_tf32():
+    """torch enables TF32 for cuDNN convolutions by default: the exact preset (tf32=False) must switch TF32 off for
+    its call, whatever the process had set, and put the switches back afterwards."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    pipe = tiny_pipeline()
+    seen: list[tuple[bool, bool]] = []
+    pipe.unet.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+    )
+    upscale(pipe)
+    assert seen and set(seen) == {(False, False)}, set(seen)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored after the call
 
 
 def test_fast_path_agrees_with_exact_on_cuda():

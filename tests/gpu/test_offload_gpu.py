@@ -19,15 +19,15 @@ MIN_SAME_KERNELS_DB = 40.0
 
 
 def _fast(pipe):
-    from seesr.pipeline.fast import FastPathConfig
+    from seesr.pipeline.execution import ExecutionConfig
 
-    pipe.enable_fast_path(FastPathConfig(cuda_graphs=False, tile_batch_size=4))
+    pipe.enable_fast_path(ExecutionConfig(cuda_graphs=False, tile_batch_size=4))
     return pipe
 
 
 @pytest.mark.parametrize("mode", ["model", "sequential"])
 def test_offload_gives_the_resident_result(mode):
-    from seesr.pipeline.fast import enable_offload
+    from seesr.pipeline.execution import enable_offload
 
     reference = upscale(_fast(tiny_pipeline("cuda")))
     pipe = _fast(tiny_pipeline("cpu"))  # as `seesr upscale --offload`: loaded on the CPU, moved piece by piece

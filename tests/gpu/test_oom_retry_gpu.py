@@ -20,13 +20,13 @@ HEADROOM = int(1.5 * 2**30)
 
 def test_out_of_memory_retries_with_smaller_tiles(tmp_path):
     from seesr.pipeline.batch import UpscaleSettings, upscale_files
-    from seesr.pipeline.fast import FastPathConfig
+    from seesr.pipeline.execution import ExecutionConfig
 
     source = tmp_path / "in" / "lr.png"
     source.parent.mkdir()
     case2_lr().resize((128, 128)).save(source)  # x4 at process size 512: a 64x64 latent, untiled at tile 96
     pipe = tiny_pipeline()
-    pipe.enable_fast_path(FastPathConfig(cuda_graphs=False, tile_batch_size=1))
+    pipe.enable_fast_path(ExecutionConfig(cuda_graphs=False, tile_batch_size=1))
     seen: list[tuple[int, int]] = []
 
     def hungry(module, args, kwargs):
