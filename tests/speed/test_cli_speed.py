@@ -50,6 +50,7 @@ def test_turbo_from_a_folder(tmp_path) -> None:
     ("extra", "message"),
     [
         (["--compile"], "--compile needs the fast path"),
+        (["--strict-fast"], "--strict-fast needs the fast path"),
         (["--offload", "model"], "--offload needs a CUDA GPU"),
     ],
 )

@@ -184,7 +184,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action=argparse.BooleanOptionalAction,
         default=None,
         help="fast path: bf16 models, CFG pair and latent tiles batched, CUDA graphs, no host syncs in the loop "
-        "(default: on for CUDA GPUs; off on CPU/MPS, where fp32 is the exact mode); --no-fast runs the exact loop",
+        "(default: on for CUDA GPUs; off on CPU/MPS, where fp32 is the exact mode); --no-fast selects the exact "
+        "preset (official numerics)",
+    )
+    speed.add_argument(
+        "--strict-fast",
+        action="store_true",
+        help="fail instead of falling back when a CUDA-graph capture or torch.compile fails (by default that shape "
+        "runs eagerly, with one warning naming the reason)",
     )
     speed.add_argument(
         "--compile",
@@ -476,10 +483,16 @@ def _run(
     if args.offload and device.type != "cuda":
         raise CLIError("--offload needs a CUDA GPU", EXIT_USAGE)
     fast_config = fast.fast_path_config_for(
-        device, args.fast, compile=args.compile, dtype=dtype if args.dtype else None, offload=bool(args.offload)
+        device,
+        args.fast,
+        compile=args.compile,
+        dtype=dtype if args.dtype else None,
+        offload=bool(args.offload),
+        strict=args.strict_fast,
     )
-    if args.compile and fast_config is None:
-        raise CLIError("--compile needs the fast path (on by default on CUDA GPUs; add --fast elsewhere)", EXIT_USAGE)
+    for flag, given in (("--compile", args.compile), ("--strict-fast", args.strict_fast)):
+        if given and fast_config is None:
+            raise CLIError(f"{flag} needs the fast path (on by default on CUDA GPUs; add --fast elsewhere)", EXIT_USAGE)
     if fast_config is not None and not args.dtype:
         dtype = fast_config.dtype  # load straight into the fast path's dtype
 
