@@ -17,20 +17,26 @@ from seesr.web.settings import UserInputError, WebSettings
 
 
 class RecordingPipeline(DiffusionPipeline):
-    """Loops over its steps with ``self.progress_bar`` like every diffusers pipeline and records its arguments."""
+    """Loops over its steps calling ``callback_on_step_end`` and honouring ``_interrupt`` like a diffusers pipeline,
+    and records its other arguments."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.register_to_config()  # a config, as every real pipeline has (attribute assignment reads it)
         self.calls: list[dict] = []
         self.tagger = SimpleNamespace(tag=lambda images: [SimpleNamespace(names=["dog", "grass"])])
         self.model_location = SimpleNamespace(description="release folder /models/seesr")
 
     @torch.no_grad()
-    def __call__(self, image: Image.Image, **kwargs):
+    def __call__(self, image: Image.Image, callback_on_step_end=None, callback_on_step_end_tensor_inputs=(), **kwargs):
         self.calls.append({"image_size": image.size, **kwargs})
-        with self.progress_bar(total=kwargs["num_inference_steps"]) as progress:
-            for _ in range(kwargs["num_inference_steps"]):
-                progress.update()
+        self.steps_run, self._interrupt = 0, False
+        for step in range(kwargs["num_inference_steps"]):
+            self.steps_run += 1
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, step, 999 - step, {})
+            if self._interrupt:
+                break
         tags = kwargs["tags"] if kwargs["tags"] is not None else ["dog", "grass"]
         tags = tags if kwargs["use_tags"] else []
         scale = kwargs["upscale"]
@@ -85,7 +91,7 @@ def test_steps_are_reported_and_the_pipeline_is_left_untouched(pipeline):
     seen: list[tuple[int, int]] = []
     PipelineRunner(pipeline).upscale(Image.new("RGB", (8, 8)), WebSettings(steps=4), on_step=lambda *s: seen.append(s))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert "progress_bar" not in vars(pipeline)  # the per-call hook is removed again
+    assert "progress_bar" not in vars(pipeline) and not pipeline._interrupt  # nothing patched, nothing stopped
 
 
 def test_cancel_stops_between_steps_and_releases_the_device(pipeline):
@@ -100,7 +106,7 @@ def test_cancel_stops_between_steps_and_releases_the_device(pipeline):
 
     with pytest.raises(RunCancelled):
         runner.upscale(Image.new("RGB", (8, 8)), WebSettings(steps=10), on_step=on_step, should_stop=stop.is_set)
-    assert seen == [1, 2]
+    assert seen == [1, 2] and pipeline.steps_run == 2  # the pipeline stopped after the step (interrupt)
     assert "progress_bar" not in vars(pipeline)
     assert runner.lock.acquire(blocking=False)  # not left locked
     runner.lock.release()

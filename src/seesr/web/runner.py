@@ -13,11 +13,10 @@ without a model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +114,8 @@ class PipelineRunner:
         """Run the pipeline on ``image`` with ``settings`` (seed resolved first, so it is always reported)."""
         settings = settings.resolved()
         started = time.perf_counter()
-        with self.lock, _step_hook(self.pipeline, settings.steps, on_step, should_stop):
+        reporter = _StepReporter(settings.steps, on_step, should_stop)
+        with self.lock:
             output = self.pipeline(
                 image.convert("RGB"),
                 prompt=settings.prompt,
@@ -130,7 +130,10 @@ class PipelineRunner:
                 latent_tile_size=settings.latent_tile_size,
                 color_fix=settings.color_fix,
                 seed=settings.seed,
+                **reporter.call_arguments(),
             )
+        if reporter.cancelled:
+            raise RunCancelled
         seconds = time.perf_counter() - started
         result = UpscaleResult(
             image=output.images[0],
@@ -173,55 +176,24 @@ class PipelineRunner:
         return png_metadata(record, result.prompt, list(result.tags), settings.seed, extra)
 
 
-class _StepBar:
-    """Stands in for the pipeline's progress bar: reports each step and stops the run between steps on request."""
+class _StepReporter:
+    """``callback_on_step_end`` for one call (diffusers' convention): reports each finished step to ``on_step`` and,
+    when ``should_stop()`` says so, sets the pipeline's ``_interrupt`` so that it stops after that step."""
 
     def __init__(self, total: int, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
-        self.total, self.done = total, 0
-        self.on_step, self.should_stop = on_step, should_stop
+        self.total, self.on_step, self.should_stop = total, on_step, should_stop
+        self.cancelled = False
 
-    def __enter__(self) -> _StepBar:
-        return self
+    def call_arguments(self) -> dict[str, Any]:
+        """The pipeline arguments that install this reporter (none when there is nothing to report or stop)."""
+        if self.on_step is None and self.should_stop is None:
+            return {}
+        return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": []}
 
-    def __exit__(self, *exc_info: object) -> bool:
-        return False
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
+    def __call__(self, pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.on_step is not None:
-            self.on_step(self.done, self.total)
+            self.on_step(step + 1, self.total)
         if self.should_stop is not None and self.should_stop():
-            raise RunCancelled
-
-
-def _counted(items: list[Any], bar: _StepBar) -> Iterator[Any]:
-    for item in items:
-        yield item
-        bar.update()
-
-
-@contextlib.contextmanager
-def _step_hook(
-    pipeline: Any, total: int, on_step: StepCallback | None, should_stop: StopCheck | None
-) -> Iterator[None]:
-    """Route the pipeline's per-step progress to ``on_step`` / ``should_stop`` for the duration of one call.
-
-    diffusers pipelines advance ``self.progress_bar(total=...)`` once per denoising step; shadowing that method on
-    the instance (the caller holds the device lock, so no other call sees it) is the hook.
-    """
-    if on_step is None and should_stop is None:
-        yield
-        return
-
-    def progress_bar(iterable: Any = None, total: int | None = None) -> Any:
-        if iterable is not None:
-            items = list(iterable)
-            return _counted(items, _StepBar(len(items), on_step, should_stop))
-        return _StepBar(int(total or 0) or steps, on_step, should_stop)
-
-    steps = total
-    object.__setattr__(pipeline, "progress_bar", progress_bar)
-    try:
-        yield
-    finally:
-        object.__delattr__(pipeline, "progress_bar")
+            self.cancelled = True
+            pipeline._interrupt = True
+        return {}
