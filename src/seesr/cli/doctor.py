@@ -36,7 +36,7 @@ CHECK_MIN_PSNR_DB = 35.0
 #: the measured range, quoted by --help and the README
 CHECK_MEASURED = "45.7-49.5 dB on CPU over 10 seeds"
 CHECK_SEED = 0
-#: the check's call: 24x16 LR -> 96x64 output, 12x8 latent in Gaussian-blended tiles of 8 (overlap 4), CFG on; no
+#: the check's call: 24x16 LR -> 96x64 output, 12x8 latent in 2 Gaussian-blended tiles of 8x8 (overlap 4), CFG on; no
 #: colour fix (AdaIN would hide part of a fault by renormalising the colours)
 CHECK_CALL: dict[str, Any] = {
     "num_inference_steps": 4,
