@@ -439,7 +439,7 @@ def run_check(device: Any, min_psnr_db: float = CHECK_MIN_PSNR_DB, seed: int = C
         # 2. fast: the preset a user of this device gets (bf16, fp16 on GPUs without it; graphs on CUDA)
         config = fast_path_config_for(device, enabled=True)
         try:
-            pipe.enable_fast_path(config)
+            config = pipe.enable_fast_path(config)  # the config in use (graphs off where they cannot run)
             fast, fast_step, fast_call = _timed_calls(pipe, image, device, seed)
         except Exception as error:  # a crash of the fast path is the finding, not a crash of the doctor
             result.update(ok=False, error=f"fast path failed: {type(error).__name__}: {error}")
