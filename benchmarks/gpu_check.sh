@@ -72,6 +72,8 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl ||
         note "warning: the carried wheels did not install"
 fi
+leftovers=()  # what the in-tree build leaves behind that was not there before
+for folder in "$ROOT/build" "$ROOT/src/seesr.egg-info"; do [ -e "$folder" ] || leftovers+=("$folder"); done
 if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" "$ROOT" \
     >"$WORK/install.log" 2>&1; then
     note "seesr installed from $ROOT into $SITE"
@@ -80,6 +82,7 @@ else
     tail -n 5 "$WORK/install.log"
     export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
+rm -rf ${leftovers[@]+"${leftovers[@]}"}
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 missing="$("$PY" -c 'import importlib.util as u, sys; print(*(n for n in sys.argv[1:] if u.find_spec(n) is None))' \
     seesr torch diffusers transformers accelerate safetensors huggingface_hub timm numpy PIL tqdm yaml pytest \
@@ -151,7 +154,7 @@ else
     tiny=()
     if [ "$DEVICE" = cpu ]; then tiny=(--tiny --skip inference-compile); fi
     timeout --kill-after=10 $((deadline + 15)) "$PY" benchmarks/run_all.py --deadline "$deadline" --device "$DEVICE" \
-        "${tiny[@]}" --output-dir "$WORK/bench" --copy-to "$RESULTS"
+        ${tiny[@]+"${tiny[@]}"} --output-dir "$WORK/bench" --copy-to "$RESULTS"
     status=$?
     case $status in
         0) record benchmarks ok "$start" "see RESULTS.md" ;;

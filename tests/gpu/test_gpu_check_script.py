@@ -40,6 +40,7 @@ def test_without_a_usable_python_the_setup_fails_clearly(tmp_path):
 def test_cpu_smoke_run_writes_every_phase(tmp_path):
     """A 60 s budget: set-up, environment, pytest -m gpu (all skipped on the CPU), doctor --check; no time is left
     for the benchmarks, which are then skipped (measured about 45 s on 2 shared cores)."""
+    built_before = (ROOT / "build").exists()
     done, phases = _run(tmp_path, 60, sys.executable)
     statuses = {phase[0]: phase[1] for phase in phases}
     assert statuses == {
@@ -55,3 +56,5 @@ def test_cpu_smoke_run_writes_every_phase(tmp_path):
         assert (results / name).is_file(), name
     assert "PSNR" in next(phase[3] for phase in phases if phase[0] == "doctor-check")
     assert "seesr installed from" in (results / "gpu_check.log").read_text()
+    if not built_before:  # the in-tree build's folder is cleaned up
+        assert not (ROOT / "build").exists()
