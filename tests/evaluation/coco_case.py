@@ -118,3 +118,47 @@ def write_case(root: Path) -> dict[str, Path]:
     paths["panoptic"] = root / "panoptic_val2017.json"
     paths["panoptic"].write_text(json.dumps(panoptic(root / "panoptic_val2017")), encoding="utf-8")
     return paths
+
+
+def save_tiny_mask2former(folder: Path) -> Path:
+    """A random 0.35M-parameter Mask2Former (Swin backbone) whose labels carry COCO names, saved with its processor."""
+    import torch
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    backbone = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    names = [c["name"] for c in CATEGORIES]
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        hidden_dim=32,
+        num_queries=8,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        mask_feature_size=32,
+        feature_size=32,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        use_pretrained_backbone=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Mask2FormerForUniversalSegmentation(config)
+    model.save_pretrained(folder)
+    Mask2FormerImageProcessor(size={"height": 64, "width": 64}, size_divisor=32).save_pretrained(folder)
+    return folder

@@ -104,3 +104,18 @@ def test_relabelled_segment_lowers_pq_and_miou(dataset: Path):
     assert scores["pq"] == pytest.approx(100 * (1 + 2 / 2.5 + 1 / 1.5) / 3, abs=1e-4)
     predictions[1].panoptic = np.zeros_like(predictions[1].panoptic)  # image 1: nothing predicted
     assert panoptic_and_miou(gt, list(predictions.values()))["pq"] < scores["pq"]
+
+
+def test_unpredicted_segments_are_false_negatives(dataset: Path):
+    """panopticapi's rule: a GT segment the segmenter leaves unlabelled is a false negative (torchmetrics alone would
+    call it void and leave it out, giving PQ 100 here and NaN when nothing at all is predicted)."""
+    from seesr.evaluation.semantic.metrics import ImagePrediction, load_panoptic_gt, panoptic_and_miou
+
+    gt = load_panoptic_gt(dataset / "panoptic.json", dataset / "panoptic")
+    predictions = _gt_predictions(dataset)
+    predictions[3] = ImagePrediction(image_id=3)  # image 3 (sky + a dog): nothing predicted
+    scores = panoptic_and_miou(gt, list(predictions.values()))
+    # sky: TP 2, FN 1 -> 2/2.5; person: 1; dog: TP 1, FN 1 -> 1/1.5
+    assert scores["pq"] == pytest.approx(100 * (2 / 2.5 + 1 + 1 / 1.5) / 3, abs=1e-4)
+    nothing = panoptic_and_miou(gt, [ImagePrediction(image_id=i) for i in coco_case.IMAGES])
+    assert nothing["pq"] == 0.0 and nothing["miou"] == 0.0

@@ -14,53 +14,9 @@ pytest.importorskip("pycocotools")
 pytest.importorskip("torchmetrics")
 
 
-def save_tiny_mask2former(folder: Path) -> Path:
-    """A random 0.35M-parameter Mask2Former (Swin backbone) whose labels carry COCO names, saved with its processor."""
-    import torch
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-        SwinConfig,
-    )
-
-    backbone = SwinConfig(
-        image_size=64,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1, 1, 1],
-        num_heads=[1, 1, 1, 1],
-        window_size=4,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    names = [c["name"] for c in coco_case.CATEGORIES]
-    config = Mask2FormerConfig(
-        backbone_config=backbone,
-        hidden_dim=32,
-        num_queries=8,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_attention_heads=2,
-        encoder_feedforward_dim=64,
-        dim_feedforward=64,
-        mask_feature_size=32,
-        feature_size=32,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)},
-        use_pretrained_backbone=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = Mask2FormerForUniversalSegmentation(config)
-    model.save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"height": 64, "width": 64}, size_divisor=32).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_segmenter_dir(tmp_path_factory) -> Path:
-    return save_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
+    return coco_case.save_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
 
 
 def test_predictions_are_coco_format_and_scorable(tiny_segmenter_dir: Path, tmp_path: Path):

@@ -81,8 +81,82 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     upscale.add_argument("--eval-only", action="store_true", help="do not upscale; evaluate what is already in OUT/sr")
     evaluation = parser.add_argument_group("evaluation (as seesr eval)")
     add_eval_arguments(evaluation, with_folders=False, with_device=False)
+    _add_semantic_arguments(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_semantic_arguments(parser: argparse.ArgumentParser) -> None:
+    semantic = parser.add_argument_group(
+        "semantic fidelity (the paper's Table 3; --dataset is a `seesr prepare --coco` folder)",
+        "Segments the GT images, the zoomed LR and the method's outputs with one COCO model (Mask2Former; the "
+        "paper used OpenSeeD, so absolute numbers differ) and writes PQ, AP box, AP mask, mIoU and RAM tag F1 per "
+        "row to OUT/semantic/table3.{csv,json,md,png}. Resumable: rows whose images did not change are reused.",
+    )
+    semantic.add_argument("--semantic", action="store_true", help="run the semantic benchmark instead of Table 2")
+    semantic.add_argument(
+        "--pred", metavar="DIR", help="score this folder of outputs (any method) instead of upscaling"
+    )
+    semantic.add_argument("--label", help="name of the method's row (default: SeeSR, or the --pred folder's name)")
+    semantic.add_argument("--limit", type=int, metavar="N", help="only the first N images (a quick subset)")
+    semantic.add_argument(
+        "--segmenter",
+        metavar="ID_OR_DIR",
+        help="Mask2Former Hub id or folder (default: facebook/mask2former-swin-large-coco-panoptic, fetched into "
+        "the Hugging Face cache on first use)",
+    )
+    semantic.add_argument("--segmenter-batch-size", type=int, default=4, help="images per segmenter call (default 4)")
+    semantic.add_argument("--no-tag-f1", action="store_true", help="leave out RAM tag agreement (needs no RAM file)")
+
+
+def _run_semantic(args: argparse.Namespace) -> int:
+    import functools
+
+    from seesr.cli.main import CLIError
+    from seesr.evaluation.benchmark import DatasetLayout
+    from seesr.evaluation.registry import MetricUnavailableError, is_offline
+    from seesr.evaluation.semantic import benchmark as semantic
+    from seesr.evaluation.semantic.segmenter import DEFAULT_SEGMENTER, load_segmenter
+    from seesr.evaluation.semantic.tags import load_tag_agreement
+    from seesr.utils.device import resolve_device
+
+    # 1. the prepared set, the zoomed LR, and the method's outputs (upscaled here, resumable, unless --pred)
+    try:
+        dataset = semantic.open_dataset(args.dataset, args.limit)
+        device = resolve_device(args.device or "auto")
+    except ValueError as error:
+        raise CLIError(str(error), 2) from None
+    out = Path(args.out)
+    rows = [("GT", dataset.root / "gt"), ("Zoomed LR", semantic.zoom_lr(dataset, out / "lr_zoom"))]
+    upscale_code = 0
+    if args.pred is not None:
+        rows.append((args.label or Path(args.pred).name, Path(args.pred)))
+    else:
+        layout = DatasetLayout(dataset.root, "seesr prepare --coco", dataset.lr_files, dataset.gt_files)
+        _, upscale_code, _ = _upscale_step(args, layout, out)
+        rows.append((args.label or "SeeSR", out / "sr"))
+    # 2. the models, built on first need
+    allow_download = not is_offline(args.offline)
+    tagger = None if args.tagger is None else Path(args.tagger)
+    segmenter = functools.cache(lambda: load_segmenter(args.segmenter, device, allow_download))
+    tags = None if args.no_tag_f1 else functools.cache(lambda: load_tag_agreement(tagger, device, allow_download))
+    settings = {
+        "segmenter": args.segmenter or DEFAULT_SEGMENTER,
+        "images": len(dataset.gt_files),
+        "tagger": None if args.no_tag_f1 else str(tagger or "default RAM file (HF cache)"),
+    }
+    # 3. score every row and write the report
+    try:
+        results, paths = semantic.run_semantic_benchmark(
+            dataset, rows, out / "semantic", segmenter, tags, settings, args.segmenter_batch_size, not args.quiet
+        )
+    except (MetricUnavailableError, ValueError) as error:
+        raise CLIError(str(error), 1) from None
+    if not args.quiet:
+        print(paths["md"].read_text(encoding="utf-8"))  # noqa: T201
+    print(f"report: {paths['md'].parent}")  # noqa: T201
+    problems = sum(len(row["problems"]) for row in results)
+    return 1 if upscale_code or problems else 0
 
 
 #: (flag of seesr upscale, attribute of args): the options passed on, which are also the recorded settings.
@@ -161,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     from seesr.evaluation.pairing import list_images
     from seesr.utils.images import write_text_atomic
 
+    if args.semantic:
+        return _run_semantic(args)
     # 1. Find the LR inputs and HR references.
     try:
         layout = detect_layout(args.dataset, args.lr_dir, args.hr_dir)

@@ -132,39 +132,53 @@ def _category_map(ids: np.ndarray, segments: Sequence[dict[str, Any]], ignore_cr
     return categories
 
 
+def _pq_from_states(metric: Any, classes: int) -> tuple[float, float, float]:
+    """PQ, SQ, RQ (percent) averaged over the first ``classes`` categories that occur (TP + FP + FN > 0)."""
+    pq, sq, rq = metric.compute()[:classes].T  # (C, 3) per class: PQ, SQ, RQ
+    tp, fp, fn = (getattr(metric, name)[:classes] for name in ("true_positives", "false_positives", "false_negatives"))
+    present = (tp + fp + fn) > 0
+    if not bool(present.any()):
+        return 0.0, 0.0, 0.0
+    return tuple(float(values[present].mean()) * 100 for values in (pq, sq, rq))  # type: ignore[return-value]
+
+
 def panoptic_and_miou(gt: PanopticGT, predictions: Sequence[ImagePrediction]) -> dict[str, float]:
-    """``{"pq", "sq", "rq", "miou"}`` in percent over the images of ``predictions`` that have a panoptic map."""
+    """``{"pq", "sq", "rq", "miou"}`` in percent over the images of ``predictions`` (no panoptic map = nothing seen).
+
+    Pixels the segmenter leaves unlabelled (or gives a category the GT does not have) get a category of their own,
+    "unpredicted", that is never averaged: torchmetrics would treat them as void and drop a GT segment that is
+    mostly unpredicted instead of counting it as a false negative (panopticapi counts it).
+    """
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
     from torchmetrics.detection import PanopticQuality
 
-    things = {c["id"] for c in gt.categories if c.get("isthing", 1)}
-    stuffs = {c["id"] for c in gt.categories if not c.get("isthing", 1)}
-    index = {c["id"]: i for i, c in enumerate(sorted(gt.categories, key=lambda c: c["id"]))}
-    void_class = len(index)  # predicted "nothing" or unknown category: a class of its own, never averaged
-    pq_metric = PanopticQuality(things=things, stuffs=stuffs, allow_unknown_preds_category=True, return_sq_and_rq=True)
-    iou_metric = MulticlassJaccardIndex(num_classes=len(index) + 1, average="none", ignore_index=255)
-    lookup = np.full(max(index) + 2, void_class, dtype=np.int64)  # category id -> class (last slot: VOID)
-    for category, position in index.items():
-        lookup[category] = position
+    ordered = sorted(gt.categories, key=lambda c: (not c.get("isthing", 1), c["id"]))  # torchmetrics' class order
+    unpredicted = max(c["id"] for c in ordered) + 1
+    things = {c["id"] for c in ordered if c.get("isthing", 1)}
+    stuffs = {c["id"] for c in ordered if not c.get("isthing", 1)} | {unpredicted}
+    pq_metric = PanopticQuality(things=things, stuffs=stuffs, return_sq_and_rq=True, return_per_class=True)
+    iou_metric = MulticlassJaccardIndex(num_classes=len(ordered) + 1, average="none", ignore_index=255)
+    lookup = np.full(unpredicted + 2, len(ordered), dtype=np.int64)  # category id -> class; unknown -> last class
+    for position, category in enumerate(ordered):
+        lookup[category["id"]] = position
     for prediction in predictions:
-        if prediction.panoptic is None or prediction.image_id not in gt.images:
+        if prediction.image_id not in gt.images:
             continue
         gt_ids, gt_segments = gt.images[prediction.image_id]
+        pred_ids = prediction.panoptic if prediction.panoptic is not None else np.zeros_like(gt_ids)
         gt_categories = _category_map(gt_ids, gt_segments, ignore_crowd=True)
-        pred_categories = _category_map(prediction.panoptic, prediction.segments, ignore_crowd=False)
-        pred_categories[~np.isin(pred_categories, list(index))] = VOID
-        pair = [
-            np.stack([c, np.where(c == VOID, 0, i)], axis=-1)
-            for c, i in ((pred_categories, prediction.panoptic), (gt_categories, gt_ids))
-        ]
-        pq_metric.update(torch.from_numpy(pair[0])[None], torch.from_numpy(pair[1])[None])
-        target = torch.from_numpy(np.where(gt_categories == VOID, 255, lookup[gt_categories]))
-        iou_metric.update(torch.from_numpy(lookup[pred_categories])[None], target[None])
-    pq, sq, rq = (float(v) * 100 for v in pq_metric.compute())
-    per_class = iou_metric.compute()[:void_class]
+        pred_categories = _category_map(pred_ids, prediction.segments, ignore_crowd=False)
+        pred_categories[~np.isin(pred_categories, [c["id"] for c in ordered])] = unpredicted
+        preds = np.stack([pred_categories, np.where(pred_categories == unpredicted, 0, pred_ids)], axis=-1)
+        target = np.stack([gt_categories, np.where(gt_categories == VOID, 0, gt_ids)], axis=-1)
+        pq_metric.update(torch.from_numpy(preds)[None], torch.from_numpy(target)[None])
+        labels = torch.from_numpy(np.where(gt_categories == VOID, 255, lookup[np.maximum(gt_categories, 0)]))
+        iou_metric.update(torch.from_numpy(lookup[pred_categories])[None], labels[None])
+    pq, sq, rq = _pq_from_states(pq_metric, len(ordered))
+    per_class = iou_metric.compute()[: len(ordered)]
     confusion = iou_metric.confmat.double()
-    union = (confusion.sum(0) + confusion.sum(1) - confusion.diagonal())[:void_class]
+    union = (confusion.sum(0) + confusion.sum(1) - confusion.diagonal())[: len(ordered)]
     present = union > 0
     miou = float(per_class[present].mean()) * 100 if bool(present.any()) else 0.0
     return {"pq": pq, "sq": sq, "rq": rq, "miou": miou}

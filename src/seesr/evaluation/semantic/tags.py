@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TagAgreement", "build_tag_scorers", "tag_agreement"]
+__all__ = ["TagAgreement", "build_tag_scorers", "load_tag_agreement", "tag_agreement"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,15 @@ def _load_teacher(tagger: Path | None, device: Any, allow_download: bool, progre
     return load_teacher_tagger(source, device)
 
 
+def load_tag_agreement(
+    tagger: Path | None = None, device: Any = "cpu", allow_download: bool = True, progress: bool = True
+) -> TagAgreement:
+    """A :class:`TagAgreement` judge with the plain RAM teacher (see :func:`build_tag_scorers` for ``tagger``)."""
+    import torch
+
+    return TagAgreement(_load_teacher(tagger, torch.device(device), allow_download, progress))
+
+
 def build_tag_scorers(
     names: Sequence[str],
     device: Any = "cpu",
@@ -89,9 +98,7 @@ def build_tag_scorers(
     None = the official RAM file in the Hugging Face cache, fetched on first use when ``allow_download``.
     Raises :class:`seesr.evaluation.registry.MetricUnavailableError` when no RAM checkpoint can be found.
     """
-    import torch
-
-    judge = TagAgreement(_load_teacher(tagger, torch.device(device), allow_download, progress))
+    judge = load_tag_agreement(tagger, device, allow_download, progress)
 
     def scorer(name: str) -> Any:
         def score(pred: np.ndarray, gt: np.ndarray | None) -> float:
