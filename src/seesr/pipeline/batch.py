@@ -220,10 +220,20 @@ def png_metadata(
     }
 
 
-def upscale_image(pipe: Any, image: Image.Image, settings: UpscaleSettings, seed: int, tile_size: int | str) -> Any:
-    """One pipeline call with the run settings; returns the :class:`SeeSRPipelineOutput`."""
+def upscale_image(
+    pipe: Any,
+    image: Image.Image,
+    settings: UpscaleSettings,
+    seed: int,
+    tile_size: int | str,
+    tags: list[str] | None = None,
+) -> Any:
+    """One pipeline call with the run settings; returns the :class:`SeeSRPipelineOutput`.
+
+    ``tags``: use these instead of DAPE's (video: the tags of the frame's shot); the tag edits still apply."""
     return pipe(
         image,
+        tags=tags,
         prompt=settings.prompt,
         added_prompt=settings.added_prompt,
         negative_prompt=settings.negative_prompt,
@@ -243,14 +253,16 @@ def upscale_image(pipe: Any, image: Image.Image, settings: UpscaleSettings, seed
     )
 
 
-def _upscale_with_retries(pipe: Any, image: Image.Image, settings: UpscaleSettings, seed: int) -> Any:
+def _upscale_with_retries(
+    pipe: Any, image: Image.Image, settings: UpscaleSettings, seed: int, tags: list[str] | None = None
+) -> Any:
     """Run the pipeline; on an accelerator out-of-memory error retry with halved latent (and VAE) tiles."""
     tile: int | str = settings.latent_tile_size
     saved_vae_tiling = getattr(pipe, "vae_tiling", None)
     try:
         while True:
             try:
-                return upscale_image(pipe, image, settings, seed, tile)
+                return upscale_image(pipe, image, settings, seed, tile, tags)
             except Exception as error:
                 if not _is_oom(error):
                     raise
