@@ -88,3 +88,13 @@ def test_semantic_benchmark_rejects_a_plain_folder(tmp_path: Path, capsys):
     (tmp_path / "images").mkdir()
     assert main(["benchmark", "--semantic", "--dataset", str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
     assert "prepare --coco" in capsys.readouterr().err
+
+
+def test_semantic_benchmark_offline_without_segmenter_stops_before_upscaling(prepared, tmp_path: Path, capsys):
+    out = tmp_path / "offline"
+    argv = ["benchmark", "--semantic", "--dataset", str(prepared["set"]), "--out", str(out), "--model", str(TINY)]
+    assert main([*argv, "--offline", "--quiet"]) == 1
+    assert "not in the Hugging Face cache" in capsys.readouterr().err
+    assert not (out / "sr").exists()
+    assert main(["benchmark", "--dataset", str(prepared["set"]), "--out", str(out), "--limit", "2"]) == 2
+    assert "only with --semantic" in capsys.readouterr().err

@@ -109,6 +109,29 @@ def _add_semantic_arguments(parser: argparse.ArgumentParser) -> None:
     semantic.add_argument("--no-tag-f1", action="store_true", help="leave out RAM tag agreement (needs no RAM file)")
 
 
+SEMANTIC_ONLY = (
+    ("--pred", "pred"),
+    ("--label", "label"),
+    ("--limit", "limit"),
+    ("--segmenter", "segmenter"),
+    ("--no-tag-f1", "no_tag_f1"),
+)
+
+
+def _tag_judge(args: argparse.Namespace, device: Any, allow_download: bool) -> Any:
+    """The RAM tag judge, or None when --skip-unavailable and no RAM checkpoint can be found."""
+    from seesr.evaluation.registry import MetricUnavailableError
+    from seesr.evaluation.semantic.tags import load_tag_agreement
+
+    try:
+        return load_tag_agreement(None if args.tagger is None else Path(args.tagger), device, allow_download)
+    except MetricUnavailableError as error:
+        if not args.skip_unavailable:
+            raise
+        print(f"tag F1 skipped: {str(error).splitlines()[0]}", file=sys.stderr)  # noqa: T201
+        return None
+
+
 def _run_semantic(args: argparse.Namespace) -> int:
     import functools
 
@@ -116,8 +139,7 @@ def _run_semantic(args: argparse.Namespace) -> int:
     from seesr.evaluation.benchmark import DatasetLayout
     from seesr.evaluation.registry import MetricUnavailableError, is_offline
     from seesr.evaluation.semantic import benchmark as semantic
-    from seesr.evaluation.semantic.segmenter import DEFAULT_SEGMENTER, load_segmenter
-    from seesr.evaluation.semantic.tags import load_tag_agreement
+    from seesr.evaluation.semantic.segmenter import DEFAULT_SEGMENTER, check_segmenter, load_segmenter
     from seesr.utils.device import resolve_device
 
     # 1. the prepared set, the zoomed LR, and the method's outputs (upscaled here, resumable, unless --pred)
@@ -126,6 +148,11 @@ def _run_semantic(args: argparse.Namespace) -> int:
         device = resolve_device(args.device or "auto")
     except ValueError as error:
         raise CLIError(str(error), 2) from None
+    allow_download = not is_offline(args.offline)
+    try:  # before any upscaling: a missing segmenter offline is reported at once
+        check_segmenter(args.segmenter, allow_download)
+    except MetricUnavailableError as error:
+        raise CLIError(str(error), 1) from None
     out = Path(args.out)
     rows = [("GT", dataset.root / "gt"), ("Zoomed LR", semantic.zoom_lr(dataset, out / "lr_zoom"))]
     upscale_code = 0
@@ -136,14 +163,12 @@ def _run_semantic(args: argparse.Namespace) -> int:
         _, upscale_code, _ = _upscale_step(args, layout, out)
         rows.append((args.label or "SeeSR", out / "sr"))
     # 2. the models, built on first need
-    allow_download = not is_offline(args.offline)
-    tagger = None if args.tagger is None else Path(args.tagger)
     segmenter = functools.cache(lambda: load_segmenter(args.segmenter, device, allow_download))
-    tags = None if args.no_tag_f1 else functools.cache(lambda: load_tag_agreement(tagger, device, allow_download))
+    tags = None if args.no_tag_f1 else functools.cache(lambda: _tag_judge(args, device, allow_download))
     settings = {
         "segmenter": args.segmenter or DEFAULT_SEGMENTER,
         "images": len(dataset.gt_files),
-        "tagger": None if args.no_tag_f1 else str(tagger or "default RAM file (HF cache)"),
+        "tagger": None if args.no_tag_f1 else str(args.tagger or "default RAM file (HF cache)"),
     }
     # 3. score every row and write the report
     try:
@@ -237,6 +262,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.semantic:
         return _run_semantic(args)
+    semantic_only = [flag for flag, name in SEMANTIC_ONLY if getattr(args, name) not in (None, False)]
+    if semantic_only:
+        raise CLIError(f"{', '.join(semantic_only)}: only with --semantic", 2)
     # 1. Find the LR inputs and HR references.
     try:
         layout = detect_layout(args.dataset, args.lr_dir, args.hr_dir)

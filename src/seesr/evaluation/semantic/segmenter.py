@@ -28,7 +28,7 @@ import numpy as np
 from seesr.evaluation.registry import MetricUnavailableError
 from seesr.evaluation.semantic.metrics import ImagePrediction
 
-__all__ = ["DEFAULT_SEGMENTER", "Segmenter", "load_segmenter"]
+__all__ = ["DEFAULT_SEGMENTER", "Segmenter", "check_segmenter", "load_segmenter"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ def _prediction(
     return ImagePrediction(image_id=image_id, instances=results, panoptic=ids, segments=segments)
 
 
+def check_segmenter(name_or_path: str | Path | None = None, allow_download: bool = True) -> str:
+    """Where the segmenter will be loaded from; raises :class:`MetricUnavailableError` when it cannot be (offline)."""
+    return _resolve(str(name_or_path or DEFAULT_SEGMENTER), allow_download)
+
+
 def load_segmenter(
     name_or_path: str | Path | None = None, device: Any = "cpu", allow_download: bool = True
 ) -> Segmenter:
@@ -161,7 +166,7 @@ def load_segmenter(
     from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
     name = str(name_or_path or DEFAULT_SEGMENTER)
-    location = _resolve(name, allow_download)
+    location = check_segmenter(name, allow_download)
     try:
         processor = AutoImageProcessor.from_pretrained(location)
         model = Mask2FormerForUniversalSegmentation.from_pretrained(location)

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 RAM_ROUTE = (
     "or pass `--tagger PATH`, PATH being ram_swin_large_14m.pth (xinyu1205/recognize_anything_model) or a folder "
-    "holding it, or leave tag_f1 out of --metrics"
+    "holding it, or leave tag F1 out (seesr eval: drop tag_f1 from --metrics; seesr benchmark --semantic: "
+    "--no-tag-f1 or --skip-unavailable)"
 )
 
 
