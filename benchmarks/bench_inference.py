@@ -301,7 +301,7 @@ def turbo_variant(pipe: Any, tiny: bool) -> Any:
     )
     turbo.vae_tiling = pipe.vae_tiling
     if getattr(pipe, "fast_path", None) is not None:
-        from seesr.pipeline.fast import enable_fast_path
+        from seesr.pipeline.execution import enable_fast_path
 
         enable_fast_path(turbo, pipe.fast_path)
     return turbo
@@ -309,16 +309,16 @@ def turbo_variant(pipe: Any, tiny: bool) -> Any:
 
 def apply_mode(pipe: Any, mode: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     """Set up ``pipe`` for ``mode``; returns the settings to record."""
-    from seesr.pipeline import fast
+    from seesr.pipeline import execution
 
     if mode == "fast":
-        config = fast.FastPathConfig(
+        config = execution.ExecutionConfig(
             dtype=torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16,
             compile=args.compile,
             cuda_graphs=device.type == "cuda" and not args.no_cuda_graphs,
             tile_batch_size=args.tile_batch_size,
         )
-        config = fast.enable_fast_path(pipe, config)
+        config = execution.enable_fast_path(pipe, config)
         return {
             "dtype": str(config.dtype).removeprefix("torch."),
             "vae_dtype": str(config.vae_dtype).removeprefix("torch."),
@@ -436,7 +436,7 @@ def run_check(device: torch.device, args: argparse.Namespace) -> dict:
     """Tiny bundle on ``device``: exact fp32 path vs fast path, CUDA graphs vs eager, fp32 vs the fixture PNG."""
     from PIL import Image
 
-    from seesr.pipeline import fast
+    from seesr.pipeline import execution
 
     results: dict[str, Any] = {"case": "check_tiny"}
     fixtures = {
@@ -462,7 +462,7 @@ def run_check(device: torch.device, args: argparse.Namespace) -> dict:
                     torch.backends.cudnn.allow_tf32 = False
             else:
                 graphs = variant == "fast" and device.type == "cuda"
-                fast.enable_fast_path(pipe, fast.FastPathConfig(cuda_graphs=graphs, tile_batch_size=4))
+                execution.enable_fast_path(pipe, execution.ExecutionConfig(cuda_graphs=graphs, tile_batch_size=4))
             outputs[variant] = np.asarray(pipe(image, **call).images[0])
             del pipe
         diff = np.abs(outputs["parity"].astype(int) - reference.astype(int))
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                     synchronize(device)
                     build_s = time.perf_counter() - start
                 if case.offload is not None:
-                    from seesr.pipeline.fast import enable_offload
+                    from seesr.pipeline.execution import enable_offload
 
                     enable_offload(pipe, case.offload, device)
                 target = turbo_variant(pipe, args.tiny) if case.turbo else pipe
