@@ -118,3 +118,16 @@ def test_only_the_first_problems_are_printed(small_pair_dirs, tmp_path, capsys):
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr", "--out", str(tmp_path), "-q"]) == 1
     error = capsys.readouterr().err
     assert error.count("problem: ") == 5 and "... and 9 more in" in error and "summary.md" in error
+
+
+def test_a_skipped_metric_is_reported_once(tmp_path, small_pair_dirs, empty_torch_home, capsys, caplog):
+    """Issue 19 (noise): the "skipped" line came twice, as a log warning during the run and in the summary."""
+    import logging
+
+    pred, gt = small_pair_dirs
+    argv = ["eval", "--pred", str(pred), "--gt", str(gt), "--metrics", "psnr,lpips", "--skip-unavailable"]
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--out", str(tmp_path / "r")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err + caplog.text).splitlines() if "skip" in line.lower() and "lpips" in line.lower()]
+    assert len(lines) == 1 and "lpips: skipped (weights missing (offline)" in lines[0], lines

@@ -120,7 +120,8 @@ def _preflight(
             )
         for name in missing:
             skipped[name] = "weights missing (offline): " + ", ".join(w.filename for w in missing[name])
-            logger.warning("skipping %s: %s", METRICS[name].label, skipped[name])
+            # reported once, by the caller (seesr eval prints "<metric>: skipped (...)" with the summary)
+            logger.debug("skipping %s: %s", METRICS[name].label, skipped[name])
     return [name for name in metrics if name not in skipped]
 
 
