@@ -222,6 +222,8 @@ class GuidedDenoiser:
         prompt_embeds / image_embeds / control: CFG-batched (P rows): (P, 77, D), (P, 145, 512), (P, 3, 8h, 8w).
         guidance_scale / conditioning_scale: CFG weight and ControlNet residual scale.
         tile_batch_size / pad_tiles: tiles per call; pad the last call to a static shape.
+        batch_cfg_pair: the CFG pair in one call (official); False runs the uncond and cond rows as two calls of
+            half the batch (less activation memory, same per-row maths).
         compute_dtype: dtype of the model inputs (default ``prompt_embeds.dtype``).
         float32_output: ε̂ always float32 (else the official promotion: model dtype untiled, float32 tiled).
     """
@@ -239,10 +241,12 @@ class GuidedDenoiser:
         tile_batch_size: int = 1,
         *,
         pad_tiles: bool = True,
+        batch_cfg_pair: bool = True,
         compute_dtype: torch.dtype | None = None,
         float32_output: bool = True,
     ) -> None:
         self.predictor = predictor
+        self.batch_cfg_pair = batch_cfg_pair
         self.height, self.width = latent_size
         self.rows = prompt_embeds.shape[0]
         if image_embeds.shape[0] != self.rows or control.shape[0] != self.rows:
@@ -285,6 +289,16 @@ class GuidedDenoiser:
             denominator[window] = (denominator[window].to(weight_dtype) + self.weights).float()
         self.denominator = denominator
 
+    def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+        """The predictor on rows ``[uncond, cond]`` per tile, in one call or (``batch_cfg_pair=False``) two."""
+        if self.batch_cfg_pair or not self.do_cfg:
+            return self.predictor(sample, timestep, *conditions, self.conditioning_scale)
+        halves = [
+            self.predictor(sample[row::2], timestep, *(c[row::2] for c in conditions), self.conditioning_scale)
+            for row in (0, 1)
+        ]
+        return torch.stack(halves, dim=1).flatten(0, 1)
+
     def _embeds(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = count * self.rows
         return self.prompt_embeds[:rows], self.image_embeds[:rows]
@@ -297,7 +311,7 @@ class GuidedDenoiser:
         for (group, valid), control in zip(self.groups, self.group_controls, strict=True):
             sample = torch.cat([model_input[:, :, tile.rows, tile.cols] for tile in group])
             prompt, image = self._embeds(len(group))
-            output = self.predictor(sample, timestep, prompt, image, control, self.conditioning_scale)
+            output = self._predict(sample, timestep, prompt, image, control)
             for index in range(valid):
                 tile = group[index]
                 prediction = output[index * self.rows : (index + 1) * self.rows]
@@ -310,9 +324,7 @@ class GuidedDenoiser:
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_input = (torch.cat([latents] * self.rows) if self.do_cfg else latents).to(self.dtype)
         if self.untiled:
-            noise_pred = self.predictor(
-                model_input, timestep, self.prompt_embeds, self.image_embeds, self.control, self.conditioning_scale
-            )
+            noise_pred = self._predict(model_input, timestep, self.prompt_embeds, self.image_embeds, self.control)
             if self.float32_output:
                 noise_pred = noise_pred.float()
         else:

@@ -71,6 +71,7 @@ class ExecutionConfig:
             else automatic up to ``max_tile_batch_size`` (by free accelerator memory).
         max_tile_batch_size: bound of the automatic choice (1 = one tile at a time, the official order).
         pad_tiles: pad the last tile batch with repeats of its last tile (outputs dropped): static shapes.
+        batch_cfg_pair: the CFG pair in one call (official); False: two calls of half the batch (less memory).
         cuda_graphs: capture each ControlNet+UNet shape in a CUDA graph (CUDA only, not with offload).
         compile: ``torch.compile`` the ControlNet+UNet call (static shapes), ``compile_mode`` its mode.
         step_noise: ``"per_step"`` (diffusers' draws in the dtype of ε̂) or ``"upfront"`` (float32, before the loop).
@@ -90,6 +91,7 @@ class ExecutionConfig:
     tile_batch_size: int | None = None
     max_tile_batch_size: int = 8
     pad_tiles: bool = True
+    batch_cfg_pair: bool = True
     cuda_graphs: bool = True
     compile: bool = False
     compile_mode: str = "default"

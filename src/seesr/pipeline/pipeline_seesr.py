@@ -606,6 +606,7 @@ class SeeSRPipeline(DiffusionPipeline):
             options.conditioning_scale,
             size,
             pad_tiles=config.pad_tiles,
+            batch_cfg_pair=config.batch_cfg_pair,
             compute_dtype=self.unet.dtype,
             float32_output=config.float32_state,
         )
