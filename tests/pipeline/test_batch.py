@@ -168,6 +168,22 @@ def test_host_memory_errors_fail_one_file_and_the_batch_goes_on(tmp_path, error)
     assert "out of memory" in report.results[0].message and str(files[0]) in report.results[0].message
 
 
+def test_memory_error_while_reading_fails_one_file(tmp_path, monkeypatch):
+    import seesr.pipeline.batch as batch
+
+    real = batch.load_image
+
+    def huge_first(path, **kwargs):
+        if path.name == "a.png":
+            raise MemoryError
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(batch, "load_image", huge_first)
+    files = _inputs(tmp_path, ("a.png", "b.png"))
+    report = upscale_files(FakePipeline(), files, tmp_path / "out", UpscaleSettings(seed=1), show_progress=False)
+    assert [r.status for r in report.results] == ["failed", "ok"] and "out of memory" in report.results[0].message
+
+
 def test_tag_edits_reach_the_pipeline(tmp_path):
     pipe = FakePipeline()
     settings = UpscaleSettings(seed=1, extra_tags=("sky",), remove_tags=("car",))

@@ -393,6 +393,9 @@ def _process_one(
         return FileResult(source, None, "failed", str(error), seed)
     except (ProcessingSizeError, OSError) as error:
         return FileResult(source, None, "failed", f"{source}: {error}", seed)
+    except MemoryError:  # decoding a huge file
+        release_memory()
+        return FileResult(source, None, "failed", f"{source}: out of memory while reading it", seed)
     try:
         output = _upscale_with_retries(pipe, loaded.rgb, settings, seed)
     except (ValueError, RuntimeError, MemoryError) as error:
