@@ -365,6 +365,23 @@ def _check_size(pipe: Any, loaded: LoadedImage, settings: UpscaleSettings) -> No
     )
 
 
+def _upscale_catching(pipe: Any, loaded: LoadedImage, settings: UpscaleSettings, seed: int) -> tuple[Any, str]:
+    """``(output, "")``, or ``(None, reason)`` when the pipeline refused the image or memory ran out (host
+    ``MemoryError``, the CPU allocator, or the accelerator even with the smallest tiles)."""
+    out_of_memory = False
+    try:
+        return _upscale_with_retries(pipe, loaded.rgb, settings, seed), ""
+    except (ValueError, RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            logger.debug("upscaling %s failed", loaded.path, exc_info=True)
+            return None, str(error)
+        out_of_memory = True
+    finally:
+        if out_of_memory:  # outside the except block: the error's frames (and their tensors) are gone now
+            release_memory()
+    return None, "out of memory (even with small tiles); lower --max-output-pixels, --scale or --process-size"
+
+
 def _process_one(
     pipe: Any,
     source: Path,
@@ -396,22 +413,9 @@ def _process_one(
     except MemoryError:  # decoding a huge file
         release_memory()
         return FileResult(source, None, "failed", f"{source}: out of memory while reading it", seed)
-    try:
-        output = _upscale_with_retries(pipe, loaded.rgb, settings, seed)
-    except (ValueError, RuntimeError, MemoryError) as error:
-        if is_out_of_memory(error):
-            del error  # its traceback holds the frames (and tensors) that filled the memory
-            release_memory()
-            return FileResult(
-                source,
-                None,
-                "failed",
-                f"{source}: out of memory (even with small tiles); "
-                "lower --max-output-pixels, --scale or --process-size",
-                seed,
-            )
-        logger.debug("upscaling %s failed", source, exc_info=True)
-        return FileResult(source, None, "failed", f"{source}: {error}", seed)
+    output, problem = _upscale_catching(pipe, loaded, settings, seed)
+    if output is None:
+        return FileResult(source, None, "failed", f"{source}: {problem}", seed)
     image = output.images[0]
     if loaded.alpha is not None:  # alpha upscaled separately (bicubic) and kept
         image = image.convert("RGBA")
