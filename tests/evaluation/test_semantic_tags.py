@@ -74,3 +74,13 @@ def test_eval_tag_f1_missing_tagger_is_a_clear_error(folders, capsys):
     code = main([*argv, "--metrics", "tag_f1", "--tagger", str(folders["root"] / "nope.pth"), "--quiet"])
     assert code == 1
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_eval_tag_f1_damaged_checkpoint_is_a_clear_error(folders, capsys):
+    from seesr.cli.main import main
+
+    damaged = folders["root"] / "ram_swin_large_14m.pth"
+    damaged.write_bytes(b"not a checkpoint")
+    argv = ["eval", "--pred", str(folders["same"]), "--gt", str(folders["same"]), "--out", str(folders["root"] / "y")]
+    assert main([*argv, "--metrics", "tag_f1", "--tagger", str(damaged), "--quiet"]) == 1
+    assert "could not be loaded" in capsys.readouterr().err

@@ -59,6 +59,8 @@ class TagAgreement:
 
 
 def _load_teacher(tagger: Path | None, device: Any, allow_download: bool, progress: bool) -> Any:
+    import torch
+
     from seesr.data.prepare import PrepareError, load_teacher_tagger, resolve_teacher_source
     from seesr.evaluation.registry import MetricUnavailableError
 
@@ -74,7 +76,15 @@ def _load_teacher(tagger: Path | None, device: Any, allow_download: bool, progre
         source = resolve_teacher_source(None if tagger is None else Path(tagger))
     except PrepareError as error:
         raise MetricUnavailableError(f"tag_f1: {str(error).replace(' (or pass --no-tags)', '')}") from None
-    return load_teacher_tagger(source, device)
+    from seesr.weights.tagger import load_ram_tagger
+
+    try:
+        if source.pretrained_dir is not None:
+            return load_teacher_tagger(source, device)
+        # plain RAM is the intent here: loaded directly, without the "DAPE.pth not found" warning
+        return load_ram_tagger(source.ram_path, None, source.config_dir, dtype=torch.float32, device=device)
+    except (OSError, ValueError) as error:  # unreadable or mismatched checkpoint (WeightReadError, CheckpointError)
+        raise MetricUnavailableError(f"tag_f1: the RAM checkpoint could not be loaded: {error}") from None
 
 
 def load_tag_agreement(
