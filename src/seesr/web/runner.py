@@ -178,7 +178,11 @@ class PipelineRunner:
 
 class _StepReporter:
     """``callback_on_step_end`` for one call (diffusers' convention): reports each finished step to ``on_step`` and,
-    when ``should_stop()`` says so, sets the pipeline's ``_interrupt`` so that it stops after that step."""
+    when ``should_stop()`` says so, sets the pipeline's ``_interrupt`` so that it stops after that step.
+
+    It asks for the latents and, on a GPU, waits for them, so that the page shows the steps the GPU has finished
+    rather than the steps queued ahead of it, and a cancel takes effect at the next step (one sync per step, only
+    here: the pipeline itself adds none)."""
 
     def __init__(self, total: int, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
         self.total, self.on_step, self.should_stop = total, on_step, should_stop
@@ -188,9 +192,14 @@ class _StepReporter:
         """The pipeline arguments that install this reporter (none when there is nothing to report or stop)."""
         if self.on_step is None and self.should_stop is None:
             return {}
-        return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": []}
+        return {"callback_on_step_end": self, "callback_on_step_end_tensor_inputs": ["latents"]}
 
     def __call__(self, pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        latents = callback_kwargs.get("latents")
+        if latents is not None and latents.device.type == "cuda":
+            import torch
+
+            torch.cuda.current_stream(latents.device).synchronize()
         if self.on_step is not None:
             self.on_step(step + 1, self.total)
         if self.should_stop is not None and self.should_stop():
