@@ -294,7 +294,8 @@ def _randomise(model: Any, generator: Any) -> Any:
         weight = getattr(module, "weight", None)
         if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and weight is not None:
             weight.data = 1 + 0.1 * torch.randn(weight.shape, generator=generator)
-            module.bias.data = 0.1 * torch.randn(module.bias.shape, generator=generator)
+            if module.bias is not None:
+                module.bias.data = 0.1 * torch.randn(module.bias.shape, generator=generator)
         elif isinstance(weight, torch.Tensor) and hasattr(module, "reset_parameters") and not weight.any():
             module.reset_parameters()
     for parameter in model.parameters():
