@@ -254,6 +254,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="do not refuse images whose estimated peak memory exceeds the memory available (default: refuse "
         "them, per file, before any work)",
     )
+    from seesr.cli.upscale_video import add_video_arguments
+
+    add_video_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -426,11 +429,14 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. Check settings, inputs, the output folder and the model files before loading anything heavy.
     settings = _settings(args)
-    files, problems = _inputs(args)
+    from seesr.cli.upscale_video import video_inputs
+
+    videos = video_inputs(args)  # clips and frame sequences: seesr.cli.upscale_video, once the model is loaded
+    files, problems = _inputs(args) if not videos else ([], [])
     outdir = Path(args.outdir)
     check_output_folder(outdir)
     plan = plan_outputs(files, outdir, args.scale)  # over all inputs, also when each process takes a shard
-    if args.skip_existing and not problems and not output_conflicts(plan):
+    if args.skip_existing and not videos and not problems and not output_conflicts(plan):
         if all(already_done(file, target) for file, target in plan.items()):
             if not args.quiet and _is_main_process():
                 print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
@@ -549,6 +555,10 @@ def _run(
         "fast": fast_config is not None,
         "turbo": bool(args.turbo or args.turbo_model),
     }
+    if not files:  # a video run: run() found clips or frame sequences (an image run always has files)
+        from seesr.cli.upscale_video import run_videos
+
+        return run_videos(pipe, args, settings, extra)
     shard = context.shard(files)
     try:
         summary = upscale_files(
