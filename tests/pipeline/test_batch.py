@@ -104,6 +104,20 @@ def test_skip_existing_skips_what_a_previous_run_wrote_whatever_the_batch(tmp_pa
     assert report.results[0].status == "ok"
 
 
+def test_results_of_older_versions_are_matched_by_input_name(tmp_path):
+    from PIL import PngImagePlugin
+
+    files = _inputs(tmp_path, ("a.png",))
+    (tmp_path / "out").mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("seesr", '{"input": "a.png", "seed": 1}')  # no input_sha256 yet
+    Image.new("RGB", (256, 192)).save(tmp_path / "out" / "a.png", pnginfo=info)
+    report = upscale_files(
+        FakePipeline(), files, tmp_path / "out", UpscaleSettings(), skip_existing=True, show_progress=False
+    )
+    assert report.results[0].status == "skipped"
+
+
 def test_seesr_outputs_are_recognised_by_their_metadata(tmp_path):
     files = _inputs(tmp_path, ("a.png", "b.jpg"))
     settings = UpscaleSettings(seed=1, process_size=32)

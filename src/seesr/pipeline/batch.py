@@ -182,12 +182,15 @@ def _complete_record(target: Path) -> dict[str, Any] | None:
 
 def already_done(source: Path, target: Path) -> bool:
     """``--skip-existing``: ``target`` is a complete, readable result that seesr made from this very input file
-    (same sha256). A 0-byte, truncated or unreadable file, or the result of another input, is redone."""
+    (same sha256; results of older versions, without it: same file name). A 0-byte, truncated or unreadable file,
+    or the result of another input, is redone."""
     record = _complete_record(target)
     if record is None:
         return False
+    if "input_sha256" not in record:  # written before the sha256 was recorded: the input's file name decides
+        return record.get("input") == source.name
     try:
-        return record.get("input_sha256") == input_fingerprint(source)
+        return record["input_sha256"] == input_fingerprint(source)
     except OSError:
         return False
 
