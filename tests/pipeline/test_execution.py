@@ -3,6 +3,7 @@ fail-safe graph/compile fallback, offload chain, backend flags, diffusers' callb
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 
@@ -260,3 +261,73 @@ def test_cfg_pair_in_two_calls_keeps_the_per_row_maths():
         torch.testing.assert_close(apart, together, rtol=0, atol=1e-4)
         rows = 1 if len(tiles) == 1 else 4  # the CFG half of one call: 1 untiled, 4 tiles of a batch
         assert shapes and all(shape[0] == rows for shape in shapes)
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's graph API on the CPU: "capture" runs the call once (recording the pool it was
+    given), "replay" counts (its output buffer keeps the captured values, as a real replay of the same inputs)."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        self.captures, self.replays, self.pools, self.fail = 0, 0, [], fail
+        fake = self
+
+        class Graph:
+            def replay(self) -> None:
+                fake.replays += 1
+
+        class Stream:
+            def __init__(self, device=None) -> None:
+                pass
+
+            def wait_stream(self, other) -> None:
+                pass
+
+        @contextlib.contextmanager
+        def graph(graph, pool=None):
+            fake.pools.append(pool)
+            if fake.fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            fake.captures += 1
+            yield
+
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", graph)
+        monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(NoisePredictor, "_on_cuda", staticmethod(lambda sample: True))
+
+
+def test_graph_cache_keys_on_shape_and_weights_and_shares_one_pool(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    pipe = _fresh()
+    _, inputs = _predictor_inputs()
+    eager = NoisePredictor(pipe.unet, pipe.controlnet)(*inputs)
+    predictor = NoisePredictor(pipe.unet, pipe.controlnet, cuda_graphs=True)
+    assert torch.equal(predictor(*inputs), eager) and (fake.captures, fake.replays) == (1, 1)
+    assert torch.equal(predictor(*inputs), eager) and (fake.captures, fake.replays) == (1, 2)  # replayed
+    half = tuple(x[:1] if x.dim() else x for x in inputs)
+    predictor(*half)  # a new shape: a new graph
+    with torch.no_grad():
+        pipe.unet.conv_in.bias.add_(0)  # new weights written in place: the old graphs must not replay
+    predictor(*inputs)
+    assert fake.captures == 3 and set(predictor.modes.values()) == {"graph"}
+    assert len(fake.pools) == 3 and fake.pools[0] is not None  # one shared pool for every graph
+    assert all(pool is fake.pools[0] for pool in fake.pools)
+
+
+def test_failed_capture_warns_once_and_runs_that_shape_eagerly(monkeypatch, caplog):
+    _FakeCuda(monkeypatch, fail=True)
+    pipe, inputs = _predictor_inputs()
+    eager = NoisePredictor(pipe.unet, pipe.controlnet)(*inputs)
+    predictor = NoisePredictor(pipe.unet, pipe.controlnet, cuda_graphs=True)
+    with caplog.at_level(logging.WARNING, logger="seesr.pipeline.denoise"):
+        results = [predictor(*inputs) for _ in range(3)]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "CUDA graph capture failed for sample shape (2, 4, 8, 8)" in messages[0]
+    assert "stream is capturing" in messages[0]
+    assert all(torch.equal(result, eager) for result in results)
+    strict = NoisePredictor(pipe.unet, pipe.controlnet, cuda_graphs=True, strict=True)
+    with pytest.raises(FastPathError, match="CUDA graph capture failed"):
+        strict(*inputs)

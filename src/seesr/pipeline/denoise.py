@@ -127,6 +127,10 @@ class NoisePredictor:
     def _eager(self, *inputs: Any) -> torch.Tensor:
         return predict_noise(self.unet, self.controlnet, *inputs)
 
+    @staticmethod
+    def _on_cuda(sample: torch.Tensor) -> bool:
+        return sample.is_cuda
+
     def _key(self, inputs: Sequence[torch.Tensor], conditioning_scale: float) -> tuple:
         return (*((tuple(x.shape), x.dtype, x.device) for x in inputs), float(conditioning_scale))
 
@@ -162,7 +166,7 @@ class NoisePredictor:
     ) -> torch.Tensor:
         inputs = (sample, timestep, prompt_embeds, image_embeds, control)
         key = self._key(inputs, conditioning_scale)
-        if not (self.cuda_graphs and sample.is_cuda):
+        if not (self.cuda_graphs and self._on_cuda(sample)):
             return self._run(key, inputs, conditioning_scale)
         key = (*key, weights_version(self.unet, self.controlnet))
         if key not in self._graphs:
