@@ -212,6 +212,24 @@ def test_tag_edits_size_guard_gif_and_links_in_one_batch(tmp_path, capsys):
     assert json.loads(Image.open(out / "anim.png").text["seesr"])["input_frames"] == 2
 
 
+def test_inputs_all_too_large_are_refused_without_loading_the_model(tmp_path, capsys, monkeypatch):
+    """Issue 13 item 2: before any work: a batch of only refused images does not even load the model."""
+    from seesr.pipeline.pipeline_seesr import SeeSRPipeline
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded for images that are all refused")
+
+    monkeypatch.setattr(SeeSRPipeline, "from_pretrained", no_loading)
+    Image.new("RGB", (7900, 10)).save(tmp_path / "strip.png")
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    argv = ["upscale", str(tmp_path), "-o", str(tmp_path / "out"), "--model", str(TINY), *FAST]
+    assert main([*argv, "--max-output-pixels", "100000"]) == 1
+    captured = capsys.readouterr()
+    assert f"error: {tmp_path / 'strip.png'}: 7900x10 has an aspect ratio over 64:1" in captured.err
+    assert f"error: {tmp_path / 'big.png'}: 300x200 gives a 1200x800 output at --scale 4" in captured.err
+    assert "0 written, 0 skipped, 2 failed" in captured.out and not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_reports_progress_and_the_resume_hint(tmp_path, capsys, monkeypatch):
     """Issue 19 item 8: Ctrl-C printed only `interrupted`."""
     import seesr.pipeline.batch as batch

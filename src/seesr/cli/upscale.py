@@ -406,6 +406,31 @@ def check_output_folder(outdir: Path) -> None:
                 pass
 
 
+def _refused_by_size(files: list[Path], settings) -> list[str]:
+    """The inputs that :func:`~seesr.pipeline.preprocess.check_processing_size` refuses from their header alone
+    (the memory estimate needs the model and comes per file later); unreadable files are left to the batch."""
+    from PIL import Image
+
+    from seesr.pipeline.preprocess import ProcessingSizeError, check_processing_size
+
+    refused = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                size = image.size
+            check_processing_size(
+                *size,
+                scale=settings.scale,
+                process_size=settings.process_size,
+                max_output_pixels=settings.max_output_pixels,
+            )
+        except ProcessingSizeError as error:
+            refused.append(f"{file}: {error}")
+        except Exception:  # noqa: BLE001, S112 - unreadable here: the batch reports it by name
+            continue
+    return refused
+
+
 def _check_model(args: argparse.Namespace) -> None:
     """The model folder (and the SD-turbo one) exist and hold every file, or the defaults are fetched, before any
     process loads a model."""
@@ -441,6 +466,14 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet and _is_main_process():
                 print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
             return EXIT_OK  # nothing to do: do not even load the model
+    refused = _refused_by_size(files, settings)
+    if len(refused) == len(files):  # nothing could be upscaled: say why without loading the model
+        if _is_main_process():
+            for message in [*problems, *refused]:
+                _err(f"error: {message}")
+            if not args.quiet:
+                print(f"0 written, 0 skipped, {len(files) + len(problems)} failed -> {outdir}")  # noqa: T201
+        return EXIT_FAILURE
     _check_model(args)
 
     # 2. Start one process per GPU, or run here.
@@ -498,7 +531,9 @@ def _run(
     )
     for flag, given in (("--compile", args.compile), ("--strict-fast", args.strict_fast)):
         if given and fast_config is None:
-            raise CLIError(f"{flag} needs the fast path (on by default on CUDA GPUs; add --fast elsewhere)", EXIT_USAGE)
+            raise CLIError(
+                f"{flag} needs the fast path (on by default on CUDA GPUs; add --fast elsewhere)", EXIT_USAGE
+            )
     if fast_config is not None and not args.dtype:
         dtype = fast_config.dtype  # load straight into the fast path's dtype
 
