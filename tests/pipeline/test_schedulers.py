@@ -108,3 +108,5 @@ def test_unsupported_scheduler_is_refused_before_any_work(monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="algorithm_type"):
         sde(small_lr(), **SMALL)
+    with pytest.raises(ValueError, match="epsilon prediction"):  # the DDPM plan computes epsilon steps only
+        make_step_plan(_scheduler(DDPMScheduler, prediction_type="v_prediction"), 2)
