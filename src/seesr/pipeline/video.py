@@ -428,9 +428,7 @@ def _assemble(source: Source, work: Path, state: dict, target: Path, video: Vide
     """Pass 3: the frame PNGs into ``target`` (atomically), audio and subtitles copied from a video source."""
     info = source.info
     fps = info.fps if info is not None and info.fps else (video.fps or Fraction(25))
-    pts = state["pts"] if info is not None else [None] * state["frames"]
-    if info is not None and any(value is None for value in pts):
-        pts = [None] * state["frames"]  # incomplete timestamps: a constant frame rate instead
+    pts = _fill_timestamps(state["pts"], fps, info.time_base) if info is not None else [None] * state["frames"]
 
     def frames() -> Iterator[tuple[Image.Image, int | None]]:
         for index in range(state["frames"]):
@@ -446,3 +444,14 @@ def _assemble(source: Source, work: Path, state: dict, target: Path, video: Vide
         copy_from=source.path if info is not None else None,
         options=video.encode,
     )
+
+
+def _fill_timestamps(pts: list[int | None], fps: Fraction, time_base: Fraction | None) -> list[int | None]:
+    """Timestamps of undecodable frames: one frame after the previous one (all None without a time base)."""
+    if time_base is None:
+        return [None] * len(pts)
+    step = max(1, round(1 / (fps * time_base)))
+    filled: list[int | None] = []
+    for value in pts:
+        filled.append(value if value is not None else (filled[-1] + step if filled else 0))
+    return filled

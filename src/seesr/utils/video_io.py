@@ -119,7 +119,8 @@ def iter_video_frames(path: Path) -> Iterator[FrameItem]:
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as error:
-                yield FrameItem(index, None, packet.pts, f"frame {index}: cannot decode ({error})")
+                # no timestamp: with frame threading the error may surface at a later packet
+                yield FrameItem(index, None, None, f"frame {index}: cannot decode ({error})")
                 index += 1
                 continue
             for frame in frames:
