@@ -467,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
             return EXIT_OK  # nothing to do: do not even load the model
     refused = _refused_by_size(files, settings)
-    if len(refused) == len(files):  # nothing could be upscaled: say why without loading the model
+    if files and len(refused) == len(files):  # nothing could be upscaled: say why without loading the model
         if _is_main_process():
             for message in [*problems, *refused]:
                 _err(f"error: {message}")
