@@ -312,6 +312,9 @@ def test_graph_cache_keys_on_shape_and_weights_and_shares_one_pool(monkeypatch):
     with torch.no_grad():
         pipe.unet.conv_in.bias.add_(0)  # new weights written in place: the old graphs must not replay
     predictor(*inputs)
+    assert fake.captures == 2  # the version is read once per image, not at every step
+    predictor.refresh()  # what SeeSRPipeline.noise_predictor() does before each image
+    predictor(*inputs)
     assert fake.captures == 3 and set(predictor.modes.values()) == {"graph"}
     assert len(fake.pools) == 3 and fake.pools[0] is not None  # one shared pool for every graph
     assert all(pool is fake.pools[0] for pool in fake.pools)

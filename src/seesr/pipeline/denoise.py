@@ -88,10 +88,10 @@ class NoisePredictor:
 
     ``__call__(sample, timestep, prompt_embeds, image_embeds, control, conditioning_scale)`` -> ε̂ in the model
     dtype. With ``cuda_graphs``, each new key (every input's shape, dtype and device, the scale, and
-    :func:`weights_version` of both models) warms up on a side stream and is captured once; later calls copy their
+    :func:`weights_version` of both models, read once per image: :meth:`refresh`) warms up on a side stream and is captured once; later calls copy their
     inputs in and replay it. All graphs share one memory pool (outputs are cloned at once and inputs live outside
     it, so graphs never read each other's memory). The pipeline drops its predictor on ``.to()``, offload and new
-    weights; the weights version in the key also keeps a stale graph from ever replaying.
+    weights; the weights version in the key also keeps a stale graph from replaying after weights written in place.
 
     If capture or compilation fails, ONE warning names the reason and the shape and that shape runs eagerly from
     then on, unless ``strict`` (then :class:`FastPathError`).
@@ -118,6 +118,7 @@ class NoisePredictor:
         )
         self._graphs: OrderedDict[tuple, _Graph | None] = OrderedDict()
         self._pool: Any = None
+        self._weights_key: tuple | None = None
         self._compiled: Callable[..., torch.Tensor] | None = None
         if compile:
             self._compiled = torch.compile(self._eager, mode=compile_mode, dynamic=False)
@@ -126,6 +127,11 @@ class NoisePredictor:
 
     def _eager(self, *inputs: Any) -> torch.Tensor:
         return predict_noise(self.unet, self.controlnet, *inputs)
+
+    def refresh(self) -> None:
+        """Read the weights' version again at the next graphed call (the pipeline calls this once per image, so
+        the per-step key costs nothing; weights do not change inside a loop)."""
+        self._weights_key = None
 
     @staticmethod
     def _on_cuda(sample: torch.Tensor) -> bool:
@@ -168,7 +174,9 @@ class NoisePredictor:
         key = self._key(inputs, conditioning_scale)
         if not (self.cuda_graphs and self._on_cuda(sample)):
             return self._run(key, inputs, conditioning_scale)
-        key = (*key, weights_version(self.unet, self.controlnet))
+        if self._weights_key is None:
+            self._weights_key = weights_version(self.unet, self.controlnet)
+        key = (*key, self._weights_key)
         if key not in self._graphs:
             self._graphs[key] = self._capture(key, inputs, conditioning_scale)
             while len(self._graphs) > self.max_graphs:

@@ -284,7 +284,8 @@ class SeeSRPipeline(DiffusionPipeline):
         return result
 
     def noise_predictor(self) -> NoisePredictor:
-        """The cached ControlNet + UNet call for the current execution config (created on first use)."""
+        """The cached ControlNet + UNet call for the current execution config (created on first use; its CUDA-graph
+        key re-reads the weights' version at each call of this method, i.e. once per image)."""
         config = self.execution
         settings = (config.cuda_graphs, config.compile, config.compile_mode, config.max_graphs, config.strict)
         predictor = self._fast_predictor
@@ -305,6 +306,7 @@ class SeeSRPipeline(DiffusionPipeline):
             )
             predictor.settings = settings
             self._fast_predictor = predictor
+        predictor.refresh()  # weights may have been written since the last image
         return predictor
 
     # ------------------------------------------------------------------------------------------------------------
