@@ -90,8 +90,10 @@ def test_backend_flags_are_set_during_a_call_and_restored():
         with pytest.raises(RuntimeError), backend_flags(FAST, torch.device("cuda")):
             raise RuntimeError("boom")
         assert not torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
         with backend_flags(EXACT, torch.device("cuda")):
-            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+        assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 

@@ -77,7 +77,7 @@ class ExecutionConfig:
         step_noise: ``"per_step"`` (diffusers' draws in the dtype of ε̂) or ``"upfront"`` (float32, before the loop).
         vae_storage: where the banded VAE keeps full-resolution activations (``"auto"``: the accelerator when they
             fit, else the host).
-        tf32: TF32 matmuls/convolutions on CUDA during a call (restored afterwards).
+        tf32: TF32 matmuls/convolutions on CUDA during a call (off: true float32; restored afterwards).
         cudnn_benchmark: cuDNN autotuning during a call (restored afterwards).
         max_graphs: CUDA graphs kept at once (least recently used dropped).
         strict: a failed CUDA-graph capture or compilation raises instead of running that shape eagerly.
@@ -251,7 +251,8 @@ def disable_fast_path(pipe: Any) -> None:
 
 @contextlib.contextmanager
 def backend_flags(config: ExecutionConfig, device: torch.device) -> Iterator[None]:
-    """TF32 and cuDNN autotuning as ``config`` asks (CUDA only) for the duration of a call, then restored."""
+    """TF32 and cuDNN autotuning on or off as ``config`` says (CUDA only; the exact preset: both off, true float32
+    and deterministic algorithm choice) for the duration of a call, then the caller's values again."""
     if device.type != "cuda":
         yield
         return
@@ -261,10 +262,8 @@ def backend_flags(config: ExecutionConfig, device: torch.device) -> Iterator[Non
         torch.backends.cudnn.benchmark,
     )
     try:
-        if config.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        if config.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
