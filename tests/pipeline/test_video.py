@@ -7,14 +7,13 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av  # the video extra (pip install seesr[video]; in seesr[all])
 import numpy as np
 import pytest
 from PIL import Image
 
-av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
-
-from seesr.pipeline.video import FlickerMeter, colour_histogram, combine_tags, shot_distance  # noqa: E402
-from seesr.utils.video_io import (  # noqa: E402
+from seesr.pipeline.video import FlickerMeter, colour_histogram, combine_tags, shot_distance
+from seesr.utils.video_io import (
     EncodeOptions,
     VideoError,
     encode_video,
