@@ -465,7 +465,7 @@ class SeeSRPipeline(DiffusionPipeline):
         generator: torch.Generator | None,
         device: torch.device,
     ) -> _ImageResult:
-        """One image, REFERENCE §1.3-§1.12 (numbered like the module docstring)."""
+        """One LR image through REFERENCE §1.3-§1.12: the steps below."""
         saved: dict[str, Any] = {}
         # the latent state dtype: the models' (official promotion) or float32 (fast presets)
         state_dtype = torch.float32 if self.execution.float32_state else self.unet.dtype
