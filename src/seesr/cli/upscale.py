@@ -491,9 +491,14 @@ def run(args: argparse.Namespace) -> int:
         context = init_distributed()
     except (ValueError, RuntimeError) as error:
         raise CLIError(f"cannot join the other processes: {error}") from None
+    import logging
+
+    own_logger = logging.getLogger("seesr")
+    level = own_logger.level  # --quiet lowers it (_silence_loading); restored for the caller (tests, benchmark)
     try:
         return _run(args, settings, files, problems, plan, context)
     finally:
+        own_logger.setLevel(level)
         context.close()
 
 
