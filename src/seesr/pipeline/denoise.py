@@ -22,6 +22,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from seesr.models.image_cross_attention import IMAGE_KEY
+from seesr.pipeline.schedulers import StepPlan
 from seesr.pipeline.tiling import Tile, gaussian_weights
 
 logger = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ class StepNoise:
 
     def __init__(
         self,
-        plan: Any,
+        plan: StepPlan,
         shape: Sequence[int],
         generator: torch.Generator | None,
         device: torch.device,
@@ -402,7 +403,7 @@ StepHook = Callable[[int, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, 
 
 def denoise(
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    plan: Any,
+    plan: StepPlan,
     latents: torch.Tensor,
     noise: StepNoise,
     *,

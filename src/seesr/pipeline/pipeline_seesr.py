@@ -60,7 +60,7 @@ from seesr.pipeline.preprocess import (
     prepare_control_image,
     split_tags,
 )
-from seesr.pipeline.schedulers import add_noise, check_scheduler, make_step_plan
+from seesr.pipeline.schedulers import StepPlan, add_noise, check_scheduler, make_step_plan
 from seesr.pipeline.tiling import tile_grid
 from seesr.pipeline.vae_tiling import VAETilingConfig, vae_decode, vae_encode_moments
 
@@ -584,7 +584,7 @@ class SeeSRPipeline(DiffusionPipeline):
     def _denoise(
         self,
         latents: torch.Tensor,
-        plan: Any,
+        plan: StepPlan,
         condition: _Condition,
         control: torch.Tensor,
         options: _CallOptions,
