@@ -367,6 +367,10 @@ def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsy
     assert code == 1
     assert (tmp_path / "out" / "a.png").exists()
     assert "b.png: no such file" in capsys.readouterr().err
+    # --quiet lowers seesr's log level while the command runs only (global state restored)
+    import logging
+
+    assert logging.getLogger("seesr").level == logging.NOTSET
 
 
 def test_help_lists_exactly_the_documented_flags(capsys):
