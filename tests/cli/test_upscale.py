@@ -348,6 +348,9 @@ def test_no_inputs_is_a_usage_error(tmp_path, capsys):
 
 
 def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsys):
+    import logging
+
+    level = logging.getLogger("seesr").level
     small_lr().save(tmp_path / "a.png")
     code = main(
         [
@@ -368,9 +371,7 @@ def test_missing_input_among_good_ones_fails_but_writes_the_rest(tmp_path, capsy
     assert (tmp_path / "out" / "a.png").exists()
     assert "b.png: no such file" in capsys.readouterr().err
     # --quiet lowers seesr's log level while the command runs only (global state restored)
-    import logging
-
-    assert logging.getLogger("seesr").level == logging.NOTSET
+    assert logging.getLogger("seesr").level == level
 
 
 def test_help_lists_exactly_the_documented_flags(capsys):
