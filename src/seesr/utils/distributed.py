@@ -10,7 +10,8 @@ Two ways to start the processes, same code path afterwards:
 In each process :func:`init_distributed` reads the variables and joins a ``gloo`` process group (inference
 processes exchange only small Python objects, so no NCCL is needed; it also works on CPU). Every process takes the
 items ``items[rank::world_size]`` (:meth:`DistributedContext.shard`) so each input is handled - and each output
-written - by exactly one process; :meth:`DistributedContext.gather` brings the per-process results to rank 0,
+written - by exactly one process (``seesr upscale`` plans the output names over *all* inputs,
+:func:`seesr.pipeline.batch.plan_outputs`, so every process refuses the same name clashes); :meth:`DistributedContext.gather` brings the per-process results to rank 0,
 which writes the one summary.
 """
 
