@@ -187,3 +187,35 @@ def test_flicker_meter_ranks_a_flickering_sequence_above_a_steady_one():
     cut.add(Image.fromarray(base), lr[0])
     cut.add(Image.fromarray(255 - base), lr[1], continuous=False)  # a cut: the pair is not counted
     assert cut.result()["pairs"] == 0
+
+
+def test_audio_is_interleaved_with_the_video_as_it_is_encoded(tmp_path):
+    """Copied audio packets are muxed next to the video packets of the same time, not after the whole video (the
+    muxer would otherwise queue every video packet: memory growing with the clip's length)."""
+    clip = make_clip(tmp_path / "long.mp4", frames=48)
+    info = probe(clip)
+    frames = ((item.image, item.pts) for item in iter_video_frames(clip))  # a generator: one frame at a time
+    encode_video(frames, tmp_path / "out.mp4", fps=info.fps, time_base=info.time_base, copy_from=clip)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        order = "".join(packet.stream.type[0] for packet in container.demux() if packet.size)
+    assert order.count("v") == 48 and order.count("a") > 48
+    halfway = order.index("v", len(order) // 2)
+    assert order[:halfway].count("a") > 20  # measured: audio packets spread over the whole file (2 per frame)
+
+
+def test_x265_and_crf_and_bitrate_options(tmp_path):
+    even = [(Image.fromarray(frame_array(i)).resize((64, 48)), None) for i in range(4)]
+    odd = [(image.resize((45, 33)), None) for image, _ in even]  # libx264 in 4:4:4
+    for name, frames, options in (
+        ("a.mkv", even, EncodeOptions(codec="libx265", crf=30)),
+        ("b.mp4", odd, EncodeOptions(bitrate="2M")),
+        ("c.mp4", odd, EncodeOptions(crf=30)),
+    ):
+        encode_video(iter(frames), tmp_path / name, fps=Fraction(5), options=options)
+        with av.open(str(tmp_path / name)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 4
+    with pytest.raises(VideoError, match="libx265 needs even frame sizes"):  # x265 crashes on those (see video_io)
+        encode_video(iter(odd), tmp_path / "d.mkv", fps=Fraction(5), options=EncodeOptions(codec="libx265"))
+    with pytest.raises(VideoError, match="--bitrate"):
+        encode_video(iter(frames), tmp_path / "e.mp4", fps=Fraction(5), options=EncodeOptions(bitrate="fast"))
+    assert not (tmp_path / "e.mp4").exists()

@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from seesr.utils.images import IMAGE_EXTENSIONS, ImageReadError, load_image
@@ -25,6 +26,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".m
 #: encoders tried in order when no --codec is given (the first one this FFmpeg build has wins)
 DEFAULT_CODECS = ("libx264", "libx265", "mpeg4")
 DEFAULT_CRF = 18
+X265_MIN_SIDE = 48
 _PATTERN = re.compile(r"%0?(\d*)d")
 
 
@@ -185,9 +187,17 @@ def _bitrate(text: str) -> int:
 
 def _video_stream(container: Any, first: Image.Image, rate: Fraction, time_base: Fraction, options: EncodeOptions):
     codec = pick_codec(options.codec)
+    even = first.width % 2 == 0 and first.height % 2 == 0
+    if codec == "libx265" and (not even or min(first.size) < X265_MIN_SIDE):
+        # this x265 build corrupts memory on such frames (46x34 and 45x33 crashed, 64x48 ran fine, in tests)
+        if options.codec:
+            raise VideoError(
+                f"--codec libx265 needs even frame sizes of at least {X265_MIN_SIDE} pixels (got "
+                f"{first.width}x{first.height}); use --codec libx264"
+            )
+        codec = pick_codec("mpeg4")
     stream = container.add_stream(codec, rate=rate)
     stream.width, stream.height = first.size
-    even = first.width % 2 == 0 and first.height % 2 == 0
     stream.pix_fmt = "yuv420p" if even or codec == "mpeg4" else "yuv444p"
     stream.time_base = time_base
     stream.codec_context.time_base = time_base
@@ -195,6 +205,8 @@ def _video_stream(container: Any, first: Image.Image, rate: Fraction, time_base:
         stream.bit_rate = _bitrate(options.bitrate)
     elif codec in ("libx264", "libx265"):
         stream.options = {"crf": str(options.crf if options.crf is not None else DEFAULT_CRF)}
+    if codec == "libx265":
+        stream.options = {**stream.options, "x265-params": "log-level=error"}  # x265 prints to stderr otherwise
     elif codec == "mpeg4":
         stream.options = {"qscale": "2"}
         stream.codec_context.qmax = 2  # near-lossless: the encoder without CRF
@@ -289,7 +301,8 @@ def _encode_into(av, temporary, frames, fps, time_base, rotation, copy_from, opt
             step = int(round(1 / (fps * time_base))) or 1
             pts_fallback = 0
             for image, pts in _chain(first, iterator):
-                frame = av.VideoFrame.from_image(image.convert("RGB"))
+                # from_ndarray copies row by row (from_image mishandles odd widths: heap corruption seen in tests)
+                frame = av.VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24")
                 frame.pts = pts if pts is not None else pts_fallback
                 frame.time_base = time_base
                 pts_fallback = frame.pts + step
