@@ -14,7 +14,7 @@ from PIL import Image
 
 import seesr.pipeline.video as video_module
 from seesr.cli.main import main
-from seesr.utils.video_io import probe
+from seesr.utils.video_io import iter_video_frames, probe
 from tests.conftest import TINY
 from tests.pipeline.test_video import corrupt_frame, frame_array, make_clip, stream_summary
 
@@ -42,6 +42,7 @@ def test_clip_keeps_frames_fps_duration_rotation_and_audio(tmp_path, monkeypatch
     source, output = stream_summary(clip), stream_summary(result)
     assert output["decoded"] == 12
     assert output["streams"][1] == source["streams"][1]  # audio: same codec stream, packets and duration
+    assert [item.pts for item in iter_video_frames(result)] == [item.pts for item in iter_video_frames(clip)]
     assert written.copied_streams == ["audio:aac"]
     assert clip.read_bytes() == before  # the input is untouched
     data = report(out)

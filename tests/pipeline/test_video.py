@@ -219,3 +219,32 @@ def test_x265_and_crf_and_bitrate_options(tmp_path):
     with pytest.raises(VideoError, match="--bitrate"):
         encode_video(iter(frames), tmp_path / "e.mp4", fps=Fraction(5), options=EncodeOptions(bitrate="fast"))
     assert not (tmp_path / "e.mp4").exists()
+
+
+def test_subtitle_stream_is_copied_as_it_is(tmp_path):
+    source = tmp_path / "sub.mkv"
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height = SIZE
+        video.pix_fmt = "yuv420p"
+        subtitles = container.add_mux_stream("subrip")
+        subtitles.time_base = Fraction(1, 1000)
+        for index in range(4):
+            frame = av.VideoFrame.from_ndarray(frame_array(index), format="rgb24")
+            frame.pts = index
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode(None):
+            container.mux(packet)
+        line = av.Packet(b"a line of dialogue")
+        line.stream, line.pts, line.dts, line.duration = subtitles, 100, 100, 300
+        line.time_base = Fraction(1, 1000)
+        container.mux(line)
+    info = probe(source)
+    assert info.copied_streams == ["subtitle:srt"]
+    out = tmp_path / "out.mkv"
+    frames = ((item.image, item.pts) for item in iter_video_frames(source))
+    assert encode_video(frames, out, fps=info.fps, time_base=info.time_base, copy_from=source) == []
+    with av.open(str(out)) as container:
+        texts = [(bytes(p), p.pts, p.duration) for p in container.demux(subtitles=0) if p.size]
+    assert texts == [(b"a line of dialogue", 100, 300)]
