@@ -156,5 +156,9 @@ def test_video_usage_errors(tmp_path, capsys):
     Image.fromarray(frame_array(0)).save(image)
     assert upscale(str(clip), str(image), "-o", str(tmp_path / "o")) == 2
     assert "separate calls" in capsys.readouterr().err
-    assert upscale(str(clip), "-o", str(tmp_path / "o"), "--codec", "no-such-codec") == 1
+    assert upscale(str(clip), "-o", str(tmp_path / "o"), "--codec", "no-such-codec") == 2
     assert "no-such-codec" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "clip.frames").exists()  # refused before the first frame
+    assert upscale(str(clip), "-o", str(tmp_path / "o"), "--max-output-pixels", "1000") == 1
+    assert "clip.mp4" in capsys.readouterr().err  # the photo size guard, once per clip, before any frame
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []

@@ -135,11 +135,16 @@ def _err(message: str) -> None:
 def run_videos(pipe: Any, args: argparse.Namespace, settings: Any, extra: dict[str, Any]) -> int:
     """Upscale each clip or sequence in turn; a clip that fails is reported in one line and the next one goes on."""
     from seesr.pipeline.video import open_source, upscale_video
-    from seesr.utils.video_io import VideoError
+    from seesr.utils.video_io import VideoError, pick_codec
 
     video = _video_settings(args)
     if len(args.inputs) > 1 and video.assemble is not None:
         raise CLIError("--assemble takes one frame sequence", EXIT_USAGE)
+    if not video.frames_only:
+        try:
+            pick_codec(video.encode.codec)  # before the first frame, not after the last
+        except VideoError as error:
+            raise CLIError(str(error), EXIT_USAGE) from None
     outdir = Path(args.outdir)
     failed = 0
     for item in args.inputs:

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from seesr.pipeline.batch import UpscaleSettings, _upscale_with_retries, png_metadata
-from seesr.utils.images import save_image_atomic, write_text_atomic
+from seesr.pipeline.batch import UpscaleSettings, _check_size, _upscale_with_retries, png_metadata
+from seesr.utils.images import LoadedImage, save_image_atomic, write_text_atomic
 from seesr.utils.video_io import (
     EncodeOptions,
     FrameItem,
@@ -126,6 +126,8 @@ def _analyse(pipe: Any, frames: Iterator[FrameItem], settings: UpscaleSettings, 
         if item.image is None:
             corrupt[str(item.index)] = item.error
             continue
+        if not shots:  # the first frame: the size and memory guard of photos, once for the clip
+            _check_size(pipe, LoadedImage(None, item.image), settings)
         histogram = colour_histogram(item.image)
         if previous is None or (
             video.video_tags == "shot" and shot_distance(previous, histogram) > video.shot_threshold
@@ -344,7 +346,11 @@ def _load_or_analyse(
             raise FileExistsError(f"{work}: exists and was not made by seesr upscale; move it away")
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    state = _analyse(pipe, source.frames(settings), settings, video)
+    try:
+        state = _analyse(pipe, source.frames(settings), settings, video)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming yet
+        raise
     state.update(key=key, seed=settings.seed if settings.seed is not None else secrets.randbelow(2**31))
     write_text_atomic(json.dumps(state), state_path)
     return state
