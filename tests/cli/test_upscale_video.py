@@ -14,6 +14,7 @@ from PIL import Image
 
 import seesr.pipeline.video as video_module
 from seesr.cli.main import main
+from seesr.pipeline.pipeline_seesr import SeeSRPipeline
 from seesr.utils.video_io import iter_video_frames, probe
 from tests.conftest import TINY
 from tests.pipeline.test_video import corrupt_frame, frame_array, make_clip, stream_summary
@@ -50,7 +51,7 @@ def test_clip_keeps_frames_fps_duration_rotation_and_audio(tmp_path, monkeypatch
     assert data["flicker"]["output"] > 0 and data["flicker"]["bicubic"] > 0 and data["flicker"]["pairs"] == 10
     assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "clip.video.json"]  # working folder removed
     # nothing left to do: --skip-existing recognises the finished clip without upscaling a frame
-    monkeypatch.setattr(video_module, "_upscale_with_retries", lambda *a: pytest.fail("frame upscaled again"))
+    monkeypatch.setattr(SeeSRPipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded again"))
     assert upscale(str(clip), "-o", str(out), "--skip-existing") == 0
 
 

@@ -461,6 +461,13 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     check_output_folder(outdir)
     plan = plan_outputs(files, outdir, args.scale)  # over all inputs, also when each process takes a shard
+    if args.skip_existing and videos:
+        from seesr.cli.upscale_video import all_done
+
+        if all_done(args, settings):
+            if not args.quiet:
+                print(f"0 written, {len(videos)} skipped, 0 failed -> {outdir}")  # noqa: T201
+            return EXIT_OK  # every clip finished earlier: do not even load the model
     if args.skip_existing and not videos and not problems and not output_conflicts(plan):
         if all(already_done(file, target) for file, target in plan.items()):
             if not args.quiet and _is_main_process():

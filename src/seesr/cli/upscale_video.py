@@ -128,6 +128,18 @@ def _video_settings(args: argparse.Namespace):
     )
 
 
+def all_done(args: argparse.Namespace, settings: Any) -> bool:
+    """``--skip-existing`` and every clip finished by an earlier run with these settings: no model to load."""
+    from seesr.pipeline.video import already_upscaled, open_source
+    from seesr.utils.video_io import VideoError
+
+    video = _video_settings(args)
+    try:
+        return all(already_upscaled(open_source(item), Path(args.outdir), settings, video) for item in args.inputs)
+    except (VideoError, ValueError, OSError):
+        return False  # the run reports the problem
+
+
 def _err(message: str) -> None:
     print(message, file=sys.stderr)  # noqa: T201
 

@@ -270,7 +270,7 @@ def upscale_video(
     target = _final_target(source, outdir, settings, video)
     report_path = outdir / f"{source.name}.video.json"
     key = _state_key(source, settings, video)
-    if skip_existing and _finished_run(report_path, key, target):
+    if skip_existing and already_upscaled(source, outdir, settings, video):
         return VideoResult(source.path, target, "skipped", "output exists")
     work = work_folder(source, outdir)
     state = _load_or_analyse(pipe, source, work, key, settings, video, skip_existing)
@@ -308,6 +308,13 @@ def upscale_video(
     return VideoResult(
         source.path, target or work, "ok", "; ".join(warnings), state["frames"], rendered, corrupt, report
     )
+
+
+def already_upscaled(source: Source, outdir: Path, settings: UpscaleSettings, video: VideoSettings) -> bool:
+    """``--skip-existing``: this clip's video (or frames) and report exist from a finished run with these settings."""
+    target = _final_target(source, outdir, settings, video)
+    report_path = outdir / f"{source.name}.video.json"
+    return _finished_run(report_path, _state_key(source, settings, video), target)
 
 
 def _final_target(source: Source, outdir: Path, settings: UpscaleSettings, video: VideoSettings) -> Path | None:
