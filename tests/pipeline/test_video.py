@@ -248,3 +248,27 @@ def test_subtitle_stream_is_copied_as_it_is(tmp_path):
     with av.open(str(out)) as container:
         texts = [(bytes(p), p.pts, p.duration) for p in container.demux(subtitles=0) if p.size]
     assert texts == [(b"a line of dialogue", 100, 300)]
+
+
+def test_leading_and_all_undecodable_frames(tmp_path):
+    from seesr.pipeline.batch import UpscaleSettings
+    from seesr.pipeline.video import VideoSettings, open_source, upscale_video
+    from tests.pipeline.helpers import tiny_pipeline
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "000000.png").write_bytes(b"broken")
+    for index in (1, 2):
+        Image.fromarray(frame_array(index)).save(frames / f"{index:06d}.png")
+    settings = UpscaleSettings(steps=1, process_size=32, seed=1)
+    result = upscale_video(
+        tiny_pipeline(), open_source(str(frames)), tmp_path / "out", settings, VideoSettings(), show_progress=False
+    )
+    assert result.frames == 3 and result.rendered == 2 and "000000.png" in result.corrupt[0]
+    written = [np.asarray(Image.open(tmp_path / "out" / "frames.frames" / f"{i:06d}.png")) for i in range(3)]
+    assert np.array_equal(written[0], written[1])  # the first good frame fills in for a broken first frame
+    for index in (1, 2):
+        (frames / f"{index:06d}.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="no frame could be decoded"):
+        upscale_video(tiny_pipeline(), open_source(str(frames)), tmp_path / "o2", settings, VideoSettings())
+    assert not (tmp_path / "o2" / "frames.frames").exists()

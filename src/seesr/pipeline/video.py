@@ -273,7 +273,7 @@ def upscale_video(
     if skip_existing and already_upscaled(source, outdir, settings, video):
         return VideoResult(source.path, target, "skipped", "output exists")
     work = work_folder(source, outdir)
-    state = _load_or_analyse(pipe, source, work, key, settings, video, skip_existing)
+    state = _load_or_analyse(pipe, source, work, key, settings, video, skip_existing, show_progress)
     seed = state["seed"]
     meter = FlickerMeter()
     rendered, corrupt = _render(
@@ -336,7 +336,14 @@ def _finished_run(report_path: Path, key: str, target: Path | None) -> bool:
 
 
 def _load_or_analyse(
-    pipe: Any, source: Source, work: Path, key: str, settings: UpscaleSettings, video: VideoSettings, resume: bool
+    pipe: Any,
+    source: Source,
+    work: Path,
+    key: str,
+    settings: UpscaleSettings,
+    video: VideoSettings,
+    resume: bool,
+    show_progress: bool = False,
 ) -> dict:
     """The saved analysis when resuming with the same key; otherwise a fresh working folder and analysis."""
     state_path = work / STATE_FILE
@@ -354,7 +361,10 @@ def _load_or_analyse(
         shutil.rmtree(work)
     work.mkdir(parents=True)
     try:
-        state = _analyse(pipe, source.frames(settings), settings, video)
+        from tqdm.auto import tqdm
+
+        frames = tqdm(source.frames(settings), desc=f"{source.name}: shots", unit="frame", disable=not show_progress)
+        state = _analyse(pipe, frames, settings, video)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming yet
         raise
