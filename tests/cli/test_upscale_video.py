@@ -163,3 +163,8 @@ def test_video_usage_errors(tmp_path, capsys):
     assert upscale(str(clip), "-o", str(tmp_path / "o"), "--max-output-pixels", "1000") == 1
     assert "clip.mp4" in capsys.readouterr().err  # the photo size guard, once per clip, before any frame
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "clip.mp4").write_bytes(b"someone's video")
+    assert upscale(str(clip), "-o", str(tmp_path / "mine")) == 1
+    assert "not written by seesr upscale" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "clip.mp4").read_bytes() == b"someone's video"

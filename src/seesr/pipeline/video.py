@@ -272,6 +272,11 @@ def upscale_video(
     key = _state_key(source, settings, video)
     if skip_existing and already_upscaled(source, outdir, settings, video):
         return VideoResult(source.path, target, "skipped", "output exists")
+    if target is not None and target.exists() and not _written_by_us(report_path, target):
+        raise FileExistsError(
+            f"{target}: exists and was not written by seesr upscale; refusing to replace it "
+            "(move it away or choose another -o)"
+        )
     work = work_folder(source, outdir)
     state = _load_or_analyse(pipe, source, work, key, settings, video, skip_existing, show_progress)
     seed = state["seed"]
@@ -324,6 +329,13 @@ def _final_target(source: Source, outdir: Path, settings: UpscaleSettings, video
     if source.info is None:
         return video.assemble
     return video_output_path(source, outdir, settings.scale)
+
+
+def _written_by_us(report_path: Path, target: Path) -> bool:
+    try:
+        return Path(json.loads(report_path.read_text()).get("output", "")).resolve() == target.resolve()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _finished_run(report_path: Path, key: str, target: Path | None) -> bool:
