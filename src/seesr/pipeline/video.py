@@ -169,17 +169,17 @@ class FlickerMeter:
     """Mean absolute difference between consecutive frames (8-bit levels), for the result and its bicubic reference."""
 
     def __init__(self) -> None:
-        self._previous: tuple[np.ndarray, np.ndarray] | None = None
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (result, bicubic) of the last frame
         self._sums = [0.0, 0.0]
         self._pairs = 0
 
     def add(self, output: Image.Image, lr: Image.Image, continuous: bool = True) -> None:
         """Add the next frame; ``continuous`` False (first frame of a shot) leaves the pair across the cut out."""
-        result = np.asarray(output.convert("RGB"), dtype=np.float32)
-        bicubic = np.asarray(lr.convert("RGB").resize(output.size, Image.Resampling.BICUBIC), dtype=np.float32)
+        result = np.asarray(output.convert("RGB"), dtype=np.uint8)  # uint8: two 4K frames kept, not four floats
+        bicubic = np.asarray(lr.convert("RGB").resize(output.size, Image.Resampling.BICUBIC), dtype=np.uint8)
         if self._previous is not None and continuous:
-            self._sums[0] += float(np.abs(result - self._previous[0]).mean())
-            self._sums[1] += float(np.abs(bicubic - self._previous[1]).mean())
+            self._sums[0] += _mean_abs_difference(result, self._previous[0])
+            self._sums[1] += _mean_abs_difference(bicubic, self._previous[1])
             self._pairs += 1
         self._previous = (result, bicubic)
 
@@ -193,6 +193,10 @@ class FlickerMeter:
             "ratio": output / bicubic if bicubic else None,
             "pairs": self._pairs,
         }
+
+
+def _mean_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
 # --- sources and places --------------------------------------------------------------------------------------------
