@@ -168,3 +168,12 @@ def test_video_usage_errors(tmp_path, capsys):
     assert upscale(str(clip), "-o", str(tmp_path / "mine")) == 1
     assert "not written by seesr upscale" in capsys.readouterr().err
     assert (tmp_path / "mine" / "clip.mp4").read_bytes() == b"someone's video"
+
+
+def test_help_documents_the_video_flags(capsys):
+    assert main(["upscale", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--video-tags", "--shot-threshold", "--frame-noise", "--codec", "--crf", "--bitrate"):
+        assert flag in text, flag
+    for flag in ("--frames-only", "--keep-frames", "--assemble", "--fps", "'frames/%06d.png'"):
+        assert flag in text, flag

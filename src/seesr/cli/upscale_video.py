@@ -30,9 +30,10 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
         "video",
         "An INPUT that is a video file (mp4, mov, mkv, webm, avi, ...) gives OUTDIR/<stem>.<ext> (mp4/mov/mkv kept, "
         "other containers become mkv) with the frame rate, timestamps, rotation and duration of the input and its "
-        "audio and subtitle streams copied as they are. A frame sequence is a pattern like 'frames/%%06d.png' (or a "
-        "folder with --assemble). Frames are upscaled one by one with ONE seed for the whole clip, the tags of their "
-        "shot, and the colour fix against their own input frame; they go to OUTDIR/<stem>.frames/ first, so an "
+        "audio and subtitle streams copied as they are. A frame sequence is a pattern like 'frames/%06d.png' (or a "
+        "folder with --assemble). Frames are upscaled one by one with ONE seed for the whole clip (--seed, or a "
+        "random one recorded in the report), the tags of their shot, and the colour fix against their own input "
+        "frame; they go to OUTDIR/<stem>.frames/ first, so an "
         "interrupted run continues with --skip-existing. OUTDIR/<stem>.video.json reports shots, tags, undecodable "
         "frames and the flicker (mean absolute difference of consecutive frames, beside the bicubic upscale's).",
     )
