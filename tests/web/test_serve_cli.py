@@ -38,6 +38,7 @@ def test_help_lists_the_options(capsys):
         "--max-upload-mb",
         "--max-input-pixels",
         "--process-size",
+        "--max-video-frames",
     ):
         assert option in text
     assert "127.0.0.1" in text
@@ -50,6 +51,7 @@ def test_help_lists_the_options(capsys):
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
         (["--max-input-pixels", "0"], "--max-input-pixels must be a positive integer"),
         (["--max-queue", "-1"], "--max-queue must be a positive integer"),
+        (["--max-video-frames", "0"], "--max-video-frames must be a positive integer"),
         (["--process-size", "4"], "--process-size must be at least 8"),
         (["--host", "no-such-host.invalid"], "is not an address of this machine"),
         (["--device", "nope"], "--device nope:"),

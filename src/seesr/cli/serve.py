@@ -30,6 +30,7 @@ DEFAULT_MAX_UPLOAD_MB = 25.0
 DEFAULT_MAX_INPUT_PIXELS = 2048 * 2048
 DEFAULT_MAX_OUTPUT_PIXELS = 4096 * 4096
 DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_VIDEO_FRAMES = 300
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Start the SeeSR web UI (needs the `web` extra: pip install 'seesr[web]'). The model is loaded once; "
             "the page then lets you upload a photo, detect and edit DAPE's tags, set the prompt, steps, guidance, "
             "seed, colour fix, scale and tile size, run with a progress bar and cancel, compare before/after and "
-            "download the PNG with its settings. Only this machine can connect unless --host says otherwise. "
+            "download the PNG with its settings; a Video tab upscales a short clip the way `seesr upscale clip.mp4` "
+            "does, with progress in frames, the first frames shown early and the clip to download (--max-video-frames). "
+            "Only this machine can connect unless --host says otherwise. "
             "The page starts from the defaults of `seesr upscale` (the same colour fix, added and negative prompts, "
             "steps, guidance and scale, and a new random seed per run); --demo-defaults starts from the official "
             "Gradio demo's instead. Uploads and results are kept in a private folder (mode 0700) that is removed "
@@ -119,6 +122,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help=f"requests allowed to wait for the device; more are told the queue is full (default {DEFAULT_MAX_QUEUE})",
     )
+    parser.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=DEFAULT_MAX_VIDEO_FRAMES,
+        metavar="N",
+        help="longest clip the Video tab accepts, in frames; a longer one is refused at upload, before any work "
+        f"(default {DEFAULT_MAX_VIDEO_FRAMES}: 10 s at 30 fps; every frame is a full upscale, so use `seesr upscale "
+        "clip.mp4` for long clips)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -134,6 +146,7 @@ def _limits(args: argparse.Namespace):  # -> WebLimits (imported lazily)
             max_input_pixels=args.max_input_pixels,
             max_output_pixels=args.max_output_pixels,
             max_queue=args.max_queue,
+            max_video_frames=args.max_video_frames,
         )
     except ValueError as error:
         option = str(error).split()[0].replace("WebLimits.", "--").replace("_", "-")

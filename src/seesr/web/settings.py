@@ -54,6 +54,7 @@ class WebLimits:
         max_steps: most denoising steps one request may ask for.
         max_scale: largest upscaling factor.
         max_queue: most requests waiting in the queue; more are refused with "queue is full".
+        max_video_frames: most frames in an uploaded clip (a longer clip is refused before any work).
     """
 
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -62,6 +63,7 @@ class WebLimits:
     max_steps: int = 200
     max_scale: int = 8
     max_queue: int = 16
+    max_video_frames: int = 300
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -240,6 +242,17 @@ def check_input_size(width: int, height: int, limits: WebLimits) -> None:
             f"The image is {width}×{height} ({_megapixels(width * height)}); this server accepts images up to "
             f"{_megapixels(limits.max_input_pixels)}. Downscale or crop it first, or restart `seesr serve` with a "
             "larger --max-input-pixels."
+        )
+
+
+def check_video_length(frames: int, fps: float | None, limits: WebLimits) -> None:
+    """Raise :class:`UserInputError` if a clip of ``frames`` frames is longer than ``limits.max_video_frames``."""
+    if frames > limits.max_video_frames:
+        seconds = f" ({frames / fps:.1f} s at {fps:g} fps)" if fps else ""
+        raise UserInputError(
+            f"The clip has {frames} frames{seconds}; this server upscales clips of up to {limits.max_video_frames} "
+            "frames. Cut it shorter first, use `seesr upscale clip.mp4` on the command line, or restart "
+            "`seesr serve` with a larger --max-video-frames."
         )
 
 
