@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from PIL import Image, ImageFilter
 
-from seesr.web.runner import RunCancelled, StepCallback, StopCheck, UpscaleResult
+from seesr.web.runner import FrameCallback, PipelineRunner, RunCancelled, StepCallback, StopCheck, UpscaleResult
 from seesr.web.settings import WebSettings
 
 
@@ -57,4 +60,50 @@ class FakeRunner:
             tags=tuple(tags),
             settings=settings,
             metadata={"prompt": prompt, "seed": str(settings.seed)},
+        )
+
+    def upscale_clip(
+        self,
+        source: Any,
+        outdir: Path,
+        settings: WebSettings,
+        *,
+        max_output_pixels: int,
+        on_frame: FrameCallback | None = None,
+    ) -> Any:
+        """The real clip path (:func:`seesr.pipeline.video.upscale_video` through :class:`PipelineRunner`) on a
+        :class:`FakeVideoPipeline`."""
+        self.calls.append(("clip", (source.info.width, source.info.height), settings))
+        self.started.set()
+        runner = PipelineRunner(self.video_pipeline)
+        return runner.upscale_clip(source, outdir, settings, max_output_pixels=max_output_pixels, on_frame=on_frame)
+
+    @property
+    def video_pipeline(self) -> FakeVideoPipeline:
+        if not hasattr(self, "_video_pipeline"):
+            self._video_pipeline = FakeVideoPipeline(self.steps_delay)
+        return self._video_pipeline
+
+
+class FakeVideoPipeline:
+    """What :func:`seesr.pipeline.video.upscale_video` calls on a pipeline (``run_tagger``, ``__call__``): tags
+    ``["cat"]``; "upscales" with bicubic (after ``delay`` seconds); records each call's keyword arguments."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[dict[str, Any]] = []
+
+    def run_tagger(self, image: Image.Image) -> tuple[list[str], None]:
+        return ["cat"], None
+
+    def __call__(self, image: Image.Image, **kwargs: Any) -> SimpleNamespace:
+        self.calls.append(kwargs)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        scale = kwargs["upscale"]
+        tags = list(kwargs["tags"] or []) if kwargs["use_tags"] else []
+        return SimpleNamespace(
+            images=[image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC)],
+            prompts=[", ".join([*tags, kwargs["added_prompt"]])],
+            tags=[tags],
         )

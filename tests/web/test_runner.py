@@ -142,3 +142,30 @@ def test_metadata_says_unedited_detected_tags_are_dape_s(pipeline):
         for s in (detected, edited)
     ]
     assert sources == ["dape", "user"]
+
+
+def test_a_clip_holds_the_device_lock_and_uses_one_seed(tmp_path):
+    """The Video tab's path: upscale_video on the runner's pipeline, the whole clip under the device lock."""
+    from seesr.pipeline.video import open_source
+    from tests.pipeline.test_video import make_clip
+    from tests.web.fakes import FakeVideoPipeline
+
+    class LockCheckingPipeline(FakeVideoPipeline):
+        def __call__(self, image, **kwargs):
+            assert runner.lock.locked()
+            return super().__call__(image, **kwargs)
+
+    runner = PipelineRunner(LockCheckingPipeline())
+    frames: list[tuple[int, int]] = []
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, audio=False)
+    result = runner.upscale_clip(
+        open_source(str(clip)),
+        tmp_path / "out",
+        WebSettings(steps=1, scale=2, seed=None),
+        max_output_pixels=10**7,
+        on_frame=lambda *f: frames.append(f),
+    )
+    assert frames == [(1, 4), (2, 4), (3, 4), (4, 4)] and not runner.lock.locked()
+    seeds = {call["seed"] for call in runner.pipeline.calls}
+    assert len(runner.pipeline.calls) == 4 and seeds == {result.report["seed"]}  # a random seed, one for all frames
+    assert result.output == tmp_path / "out" / "clip.mp4" and result.output.is_file()

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from seesr.utils.images import save_image_atomic
-from seesr.web.inputs import InputImage, InvalidUpload, read_payload
+from seesr.web.inputs import InputClip, InputImage, InvalidUpload, read_clip_payload, read_payload
 from seesr.web.runner import PipelineRunner, RunCancelled, Runner, UpscaleResult
 from seesr.web.settings import (
     COLOR_FIXES,
@@ -54,6 +55,7 @@ RESULT_MAX_AGE_S = 2 * 3600  # results older than this are deleted when a new on
 OUT_OF_MEMORY_MESSAGE = (
     "The server ran out of memory for this image ({error}). Try a smaller scale or tile size, or a smaller image."
 )
+PREVIEW_FRAMES = 4  # the first upscaled frames of a clip shown while the rest are upscaled
 T = TypeVar("T")
 
 
@@ -94,6 +96,43 @@ class RunOutput:
     summary_markdown: str
     seed: int
     result: UpscaleResult
+
+
+@dataclass
+class VideoProgress:
+    """Where a clip stands: ``done`` of ``total`` frames, about ``seconds_left`` (None until two frames are done),
+    and the preview PNGs of its first frames so far."""
+
+    done: int
+    total: int
+    seconds_left: float | None
+    previews: list[Path]
+
+    def describe(self) -> str:
+        """``"Frame 3 of 12, about 1 min 5 s left"``."""
+        left = "" if self.seconds_left is None else f", about {format_duration(self.seconds_left)} left"
+        return f"Frame {self.done} of {self.total}{left}"
+
+
+@dataclass
+class VideoRunOutput:
+    """A finished clip: the video and its first frames (inside the controller's output folder), the run's report."""
+
+    video_path: Path
+    previews: list[Path]
+    summary_markdown: str
+    seed: int
+    report: dict[str, Any]
+
+
+def format_duration(seconds: float) -> str:
+    """``65 -> "1 min 5 s"``, ``3700 -> "1 h 2 min"``, ``4.2 -> "4 s"``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 class WebController:
@@ -209,6 +248,70 @@ class WebController:
             result=result,
         )
 
+    def run_video(
+        self,
+        upload: InputClip | InvalidUpload | None,
+        *,
+        session: str,
+        on_progress: Callable[[VideoProgress], None] | None = None,
+        **controls: Any,
+    ) -> VideoRunOutput:
+        """Upscale a clip with :func:`seesr.pipeline.video.upscale_video` (through the runner): 1. check the clip
+        and ``controls`` (size per clip, as for photos; its length was checked at upload); 2. upscale into a fresh
+        job folder, reporting each frame (with the time left and the first frames) and stopping at the frame
+        after a cancel; 3. describe the result. A cancelled or failed clip leaves nothing behind."""
+        clip = self._require_clip(upload)
+        settings = make_settings(limits=self.limits, process_size=self.defaults.process_size, **controls).resolved()
+        check_output_size(*clip.size, settings.scale, self.limits, settings.process_size)
+        from seesr.pipeline.video import Source
+
+        self._delete_old_results()
+        job = self.output_dir / uuid.uuid4().hex[:16]
+        job.mkdir(parents=True)
+        flag = self._stop_flag(session)
+        flag.clear()
+        tracker = _FrameTracker(job, flag, on_progress)
+        try:
+            result = self._returning_memory(
+                lambda: self.runner.upscale_clip(
+                    Source(clip.path, clip.stem, clip.info),
+                    job,
+                    settings,
+                    max_output_pixels=self.limits.max_output_pixels,
+                    on_frame=tracker,
+                )
+            )
+        except BaseException:
+            shutil.rmtree(job, ignore_errors=True)
+            raise
+        finally:
+            with self._flags_lock:
+                self._stop_flags.pop(session, None)
+        return VideoRunOutput(
+            video_path=Path(result.output),
+            previews=tracker.previews,
+            summary_markdown=video_summary_markdown(result.report, settings, clip.size),
+            seed=int(result.report.get("seed", settings.seed or 0)),
+            report=result.report,
+        )
+
+    def inspect_clip(self, upload: InputClip | InvalidUpload | None, scale: Any) -> tuple[bool, str]:
+        """After a clip upload: ``(ok, markdown)``: its size, frames and result size, or why it is refused."""
+        if upload is None:
+            return True, self.video_limits_markdown()
+        if isinstance(upload, InvalidUpload):
+            return False, f"⚠️ **{upload.message}**"
+        fps = f" at {float(upload.info.fps):g} fps" if upload.info.fps else ""
+        return True, f"{upload.frames} frames{fps}. " + self.describe_input(upload.size, scale)
+
+    def video_limits_markdown(self) -> str:
+        """One line telling the user which clips the server accepts."""
+        limits = self.limits
+        return (
+            f"Accepts clips (MP4, MOV, MKV, WebM, …) up to {format_bytes(limits.max_upload_bytes)}, "
+            f"{limits.max_video_frames} frames and {limits.max_input_pixels / 1e6:.1f} MP per frame."
+        )
+
     def cancel(self, session: str) -> str:
         """Ask this session's running job to stop after its current step."""
         self._stop_flag(session).set()
@@ -239,6 +342,13 @@ class WebController:
             raise UserInputError(upload.message)
         return upload
 
+    def _require_clip(self, upload: InputClip | InvalidUpload | None) -> InputClip:
+        if upload is None:
+            raise UserInputError("Upload a clip first.")
+        if isinstance(upload, InvalidUpload):
+            raise UserInputError(upload.message)
+        return upload
+
     def _stop_flag(self, session: str) -> threading.Event:
         with self._flags_lock:
             return self._stop_flags.setdefault(session, threading.Event())
@@ -263,6 +373,76 @@ class WebController:
             with contextlib.suppress(OSError):
                 if folder.is_dir() and folder.stat().st_mtime < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
+
+
+class _FrameTracker:
+    """``on_frame(done, total)`` of a clip: stops it (:class:`RunCancelled`) once ``flag`` is set, copies its first
+    :data:`PREVIEW_FRAMES` frames out of the working folder (removed at the end) and reports a
+    :class:`VideoProgress` with the time left, estimated from the frames done since the first one."""
+
+    def __init__(self, job: Path, flag: threading.Event, report: Callable[[VideoProgress], None] | None) -> None:
+        self.job, self.flag, self.report = job, flag, report
+        self.previews: list[Path] = []
+        self._first: tuple[int, float] | None = None  # (frames done, time) at the first report
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.flag.is_set():
+            raise RunCancelled
+        now = time.perf_counter()
+        self._copy_previews(done)
+        if self._first is None:
+            self._first = (done, now)
+        first_done, first_time = self._first
+        left = None
+        if done > first_done:
+            left = (now - first_time) / (done - first_done) * (total - done)
+        if self.report is not None:
+            self.report(VideoProgress(done, total, left, list(self.previews)))
+
+    def _copy_previews(self, done: int) -> None:
+        from seesr.pipeline.video import FRAME_NAME
+
+        for index in range(len(self.previews), min(done, PREVIEW_FRAMES)):
+            frames = [path for path in self.job.glob("*.frames") if path.is_dir()]
+            source = frames[0] / FRAME_NAME.format(index) if frames else None
+            if source is None or not source.is_file():
+                return
+            target = self.job / f"preview_{index:02d}.png"
+            shutil.copyfile(source, target)
+            self.previews.append(target)
+
+
+def video_summary_markdown(report: dict[str, Any], settings: WebSettings, input_size: tuple[int, int]) -> str:
+    """The "used" panel under a clip: frames, shots, tags, seed, flicker and the settings, as Markdown."""
+    flicker = report.get("flicker") or {}
+    measured = (
+        f"{flicker['output']:.2f} (bicubic {flicker['bicubic']:.2f}) levels between consecutive frames"
+        if flicker.get("output") is not None
+        else "*not measured (one frame per shot)*"
+    )
+    shot_tags = "; ".join(", ".join(f"`{tag}`" for tag in tags) or "*none*" for tags in report.get("tags", []))
+    width, height = input_size
+    corrupt = report.get("corrupt_frames") or []
+    rows = [
+        (
+            "Frames",
+            f"{report.get('frames')} at {report.get('fps')} fps"
+            + (f", {len(corrupt)} undecodable (replaced)" if corrupt else ""),
+        ),
+        ("Shots", str(len(report.get("shots", [])))),
+        ("Tags per shot", shot_tags if settings.use_tags else "*tags off*"),
+        ("Seed (all frames)", str(report.get("seed"))),
+        ("Steps", str(settings.steps)),
+        ("Guidance", f"{settings.guidance_scale:g}"),
+        ("Colour fix", settings.color_fix),
+        ("Scale", f"×{settings.scale}: {width}×{height} → {width * settings.scale}×{height * settings.scale} px"),
+        ("Flicker", measured),
+        ("Audio and subtitles", ", ".join(report.get("copied_streams") or []) or "*none in the clip*"),
+        ("Time", f"{report.get('seconds', 0):.1f} s"),
+    ]
+    lines = ["**Used for this clip**", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {name} | {_escape(value)} |" for name, value in rows]
+    return "\n".join(lines)
 
 
 def summary_markdown(result: UpscaleResult, input_size: tuple[int, int]) -> str:
@@ -350,111 +530,155 @@ def build_app(
             "then run. The comparison shows the input enlarged with bicubic next to the SeeSR result."
         )
         input_size = gr.State(None)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                # Events that read this image skip Gradio's preprocessing (preprocess=False) and get the upload
-                # record instead: seesr.web.inputs checks it (limits, upload folder, readable image) and turns
-                # problems into messages, where stock preprocessing would hand any file to Pillow and say "Error".
-                image_in = gr.Image(
-                    label="Low-resolution photo",
-                    sources=["upload", "clipboard"],
-                    type="filepath",
-                    height=320,
-                    elem_id="seesr-input",
-                )
-                upload_dirs = [get_upload_folder(), image_in.GRADIO_CACHE]
+        with gr.Tabs():
+            with gr.Tab("Photo", id="photo"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        # Events that read this image skip Gradio's preprocessing (preprocess=False) and get the upload
+                        # record instead: seesr.web.inputs checks it (limits, upload folder, readable image) and turns
+                        # problems into messages, where stock preprocessing would hand any file to Pillow and say "Error".
+                        image_in = gr.Image(
+                            label="Low-resolution photo",
+                            sources=["upload", "clipboard"],
+                            type="filepath",
+                            height=320,
+                            elem_id="seesr-input",
+                        )
+                        upload_dirs = [get_upload_folder(), image_in.GRADIO_CACHE]
 
-                def checked(payload: Any) -> InputImage | InvalidUpload | None:
-                    return read_payload(payload, limits, upload_dirs)
+                        def checked(payload: Any) -> InputImage | InvalidUpload | None:
+                            return read_payload(payload, limits, upload_dirs)
 
-                input_info = gr.Markdown(controller.limits_markdown(), elem_id="seesr-input-info")
-                detect_button = gr.Button("Detect tags", elem_id="seesr-detect")
-                tags_box = gr.Textbox(
-                    label="Tags (comma-separated, editable)",
-                    placeholder="Press “Detect tags” to see DAPE's tags and edit them. "
-                    "Left empty, the tags are detected when you run.",
-                    lines=2,
-                    elem_id="seesr-tags",
+                        input_info = gr.Markdown(controller.limits_markdown(), elem_id="seesr-input-info")
+                        detect_button = gr.Button("Detect tags", elem_id="seesr-detect")
+                        tags_box = gr.Textbox(
+                            label="Tags (comma-separated, editable)",
+                            placeholder="Press “Detect tags” to see DAPE's tags and edit them. "
+                            "Left empty, the tags are detected when you run.",
+                            lines=2,
+                            elem_id="seesr-tags",
+                        )
+                        tags_info = gr.Markdown(elem_id="seesr-tags-info")
+                        detected = gr.State(None)  # the tag box as "Detect tags" filled it: unedited tags are DAPE's
+                        use_tags = gr.Checkbox(
+                            defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags"
+                        )
+                        prompt = gr.Textbox(
+                            defaults.prompt,
+                            label="Your prompt",
+                            placeholder="optional, e.g. “a portrait photo”",
+                            elem_id="seesr-prompt",
+                        )
+                        added_prompt = gr.Textbox(
+                            defaults.added_prompt, label="Added prompt", elem_id="seesr-added-prompt"
+                        )
+                        negative_prompt = gr.Textbox(
+                            defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
+                        )
+                        with gr.Accordion("Settings", open=True):
+                            gr.Markdown(defaults_markdown(defaults), elem_id="seesr-defaults")
+                            with gr.Row():
+                                steps = gr.Slider(
+                                    1,
+                                    limits.max_steps,
+                                    value=min(defaults.steps, limits.max_steps),
+                                    step=1,
+                                    label="Steps",
+                                    elem_id="seesr-steps",
+                                )
+                                guidance = gr.Slider(
+                                    0,
+                                    15,
+                                    value=defaults.guidance_scale,
+                                    step=0.5,
+                                    label="Guidance (CFG)",
+                                    elem_id="seesr-guidance",
+                                )
+                            with gr.Row():
+                                seed = gr.Number(
+                                    defaults.seed if defaults.seed is not None else 231,
+                                    precision=0,
+                                    minimum=0,
+                                    maximum=MAX_SEED,
+                                    label="Seed",
+                                    elem_id="seesr-seed",
+                                )
+                                random_seed = gr.Checkbox(
+                                    defaults.seed is None,
+                                    label="New random seed each run",
+                                    elem_id="seesr-random-seed",
+                                )
+                            with gr.Row():
+                                scale = gr.Slider(
+                                    1,
+                                    limits.max_scale,
+                                    value=min(defaults.scale, limits.max_scale),
+                                    step=1,
+                                    label="Scale",
+                                    elem_id="seesr-scale",
+                                )
+                                tile = gr.Slider(
+                                    16,
+                                    256,
+                                    value=defaults.latent_tile_size,
+                                    step=8,
+                                    label="Latent tile size (×8 px)",
+                                    elem_id="seesr-tile",
+                                )
+                            color_fix = gr.Radio(
+                                list(COLOR_FIXES),
+                                value=defaults.color_fix,
+                                label="Colour fix",
+                                elem_id="seesr-color-fix",
+                            )
+                        with gr.Row():
+                            run_button = gr.Button("Run", variant="primary", elem_id="seesr-run")
+                            cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
+                    with gr.Column(scale=1):
+                        compare = gr.ImageSlider(
+                            label="Before (bicubic) · after (SeeSR), same scale",
+                            type="filepath",
+                            format="png",
+                            interactive=False,
+                            max_height=640,
+                            elem_id="seesr-compare",
+                        )
+                        download = gr.DownloadButton(
+                            "Download PNG (with settings)", visible=False, elem_id="seesr-download"
+                        )
+                        prompt_used = gr.Textbox(
+                            label="Prompt used", interactive=False, lines=2, elem_id="seesr-prompt-used"
+                        )
+                        summary = gr.Markdown(elem_id="seesr-settings-used")
+            with gr.Tab("Video", id="video", elem_id="seesr-video-tab"):
+                gr.Markdown(
+                    "Upload a short clip: every frame is upscaled as by `seesr upscale clip.mp4` (one seed for the "
+                    "whole clip, DAPE's tags per shot, colour fix against each frame, sound kept), with the prompt "
+                    "and **Settings of the Photo tab**. The first frames appear while the rest are upscaled."
                 )
-                tags_info = gr.Markdown(elem_id="seesr-tags-info")
-                detected = gr.State(None)  # the tag box as "Detect tags" filled it: unedited tags are DAPE's
-                use_tags = gr.Checkbox(defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags")
-                prompt = gr.Textbox(
-                    defaults.prompt,
-                    label="Your prompt",
-                    placeholder="optional, e.g. “a portrait photo”",
-                    elem_id="seesr-prompt",
-                )
-                added_prompt = gr.Textbox(defaults.added_prompt, label="Added prompt", elem_id="seesr-added-prompt")
-                negative_prompt = gr.Textbox(
-                    defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
-                )
-                with gr.Accordion("Settings", open=True):
-                    gr.Markdown(defaults_markdown(defaults), elem_id="seesr-defaults")
-                    with gr.Row():
-                        steps = gr.Slider(
-                            1,
-                            limits.max_steps,
-                            value=min(defaults.steps, limits.max_steps),
-                            step=1,
-                            label="Steps",
-                            elem_id="seesr-steps",
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        clip_in = gr.Video(
+                            label="Low-resolution clip", sources=["upload"], height=320, elem_id="seesr-clip"
                         )
-                        guidance = gr.Slider(
-                            0,
-                            15,
-                            value=defaults.guidance_scale,
-                            step=0.5,
-                            label="Guidance (CFG)",
-                            elem_id="seesr-guidance",
+                        clip_info = gr.Markdown(controller.video_limits_markdown(), elem_id="seesr-clip-info")
+                        with gr.Row():
+                            video_button = gr.Button("Upscale clip", variant="primary", elem_id="seesr-video-run")
+                            video_cancel = gr.Button("Cancel", variant="stop", elem_id="seesr-video-cancel")
+                        video_status = gr.Markdown(elem_id="seesr-video-status")
+                    with gr.Column(scale=1):
+                        previews = gr.Gallery(
+                            label=f"First {PREVIEW_FRAMES} upscaled frames",
+                            columns=PREVIEW_FRAMES,
+                            format="png",
+                            interactive=False,
+                            elem_id="seesr-video-previews",
                         )
-                    with gr.Row():
-                        seed = gr.Number(
-                            defaults.seed if defaults.seed is not None else 231,
-                            precision=0,
-                            minimum=0,
-                            maximum=MAX_SEED,
-                            label="Seed",
-                            elem_id="seesr-seed",
+                        clip_out = gr.Video(label="Upscaled clip", interactive=False, elem_id="seesr-clip-out")
+                        clip_download = gr.DownloadButton(
+                            "Download clip", visible=False, elem_id="seesr-clip-download"
                         )
-                        random_seed = gr.Checkbox(
-                            defaults.seed is None, label="New random seed each run", elem_id="seesr-random-seed"
-                        )
-                    with gr.Row():
-                        scale = gr.Slider(
-                            1,
-                            limits.max_scale,
-                            value=min(defaults.scale, limits.max_scale),
-                            step=1,
-                            label="Scale",
-                            elem_id="seesr-scale",
-                        )
-                        tile = gr.Slider(
-                            16,
-                            256,
-                            value=defaults.latent_tile_size,
-                            step=8,
-                            label="Latent tile size (×8 px)",
-                            elem_id="seesr-tile",
-                        )
-                    color_fix = gr.Radio(
-                        list(COLOR_FIXES), value=defaults.color_fix, label="Colour fix", elem_id="seesr-color-fix"
-                    )
-                with gr.Row():
-                    run_button = gr.Button("Run", variant="primary", elem_id="seesr-run")
-                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
-            with gr.Column(scale=1):
-                compare = gr.ImageSlider(
-                    label="Before (bicubic) · after (SeeSR), same scale",
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    max_height=640,
-                    elem_id="seesr-compare",
-                )
-                download = gr.DownloadButton("Download PNG (with settings)", visible=False, elem_id="seesr-download")
-                prompt_used = gr.Textbox(label="Prompt used", interactive=False, lines=2, elem_id="seesr-prompt-used")
-                summary = gr.Markdown(elem_id="seesr-settings-used")
+                        video_summary = gr.Markdown(elem_id="seesr-video-used")
 
         def on_upload(payload: Any, scale_value: float) -> tuple[Any, ...]:
             ok, message, size = controller.inspect_upload(checked(payload), scale_value)
@@ -490,6 +714,21 @@ def build_app(
             concurrency_id=DEVICE_QUEUE,
             concurrency_limit=1,
         )
+
+        # the prompt and settings controls, in the order of on_run's and on_video's parameters after the tags
+        setting_inputs = [
+            use_tags,
+            prompt,
+            added_prompt,
+            negative_prompt,
+            steps,
+            guidance,
+            seed,
+            random_seed,
+            scale,
+            tile,
+            color_fix,
+        ]
 
         def on_run(
             payload: Any,
@@ -543,22 +782,7 @@ def build_app(
         _inject_request(on_run, gr)
         run_event = run_button.click(
             on_run,
-            [
-                image_in,
-                tags_box,
-                detected,
-                use_tags,
-                prompt,
-                added_prompt,
-                negative_prompt,
-                steps,
-                guidance,
-                seed,
-                random_seed,
-                scale,
-                tile,
-                color_fix,
-            ],
+            [image_in, tags_box, detected, *setting_inputs],
             [compare, download, prompt_used, summary, seed],
             api_name="upscale",
             preprocess=False,
@@ -572,6 +796,93 @@ def build_app(
         _inject_request(on_cancel, gr)
 
         cancel_button.click(on_cancel, None, summary, cancels=[run_event, detect_event], queue=False)
+
+        clip_dirs = [get_upload_folder(), clip_in.GRADIO_CACHE]
+
+        def checked_clip(payload: Any) -> InputClip | InvalidUpload | None:
+            return read_clip_payload(payload, limits, clip_dirs)
+
+        def on_clip_upload(payload: Any, scale_value: float) -> tuple[Any, str]:
+            ok, message = controller.inspect_clip(checked_clip(payload), scale_value)
+            if not ok:
+                gr.Warning(message.strip("⚠️ *"))
+                return None, message
+            return gr.skip(), message
+
+        clip_in.upload(
+            on_clip_upload,
+            [clip_in, scale],
+            [clip_in, clip_info],
+            preprocess=False,
+            concurrency_limit=4,
+            api_visibility="undocumented",
+        )
+        clip_in.clear(lambda: controller.video_limits_markdown(), None, clip_info)
+
+        def on_video(
+            payload: Any,
+            use_tags_value: bool,
+            prompt_value: str,
+            added_value: str,
+            negative_value: str,
+            steps_value: float,
+            guidance_value: float,
+            seed_value: float | None,
+            random_seed_value: bool,
+            scale_value: float,
+            tile_value: float,
+            color_fix_value: str,
+            request: Any,
+            progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
+        ) -> Iterator[tuple[Any, ...]]:
+            session = request.session_hash or "anonymous"
+            controls = dict(
+                tags_text=None,
+                use_tags=use_tags_value,
+                prompt=prompt_value,
+                added_prompt=added_value,
+                negative_prompt=negative_value,
+                steps=steps_value,
+                guidance_scale=guidance_value,
+                seed=seed_value,
+                random_seed=random_seed_value,
+                color_fix=color_fix_value,
+                scale=scale_value,
+                latent_tile_size=tile_value,
+            )
+            progress(0.0, desc="Reading the clip and tagging its shots")
+            with _shown_in_page("upscale the clip"):
+                for update in _run_in_thread(
+                    lambda report: controller.run_video(
+                        checked_clip(payload), session=session, on_progress=report, **controls
+                    ),
+                    on_abandon=lambda: controller.cancel(session),
+                ):
+                    if isinstance(update, VideoProgress):
+                        progress((update.done, update.total), desc=update.describe(), unit="frames")
+                        shown = [str(path) for path in update.previews]
+                        yield gr.skip(), shown, gr.skip(), update.describe(), gr.skip(), gr.skip()
+                        continue
+                    yield (
+                        str(update.video_path),
+                        [str(path) for path in update.previews],
+                        gr.DownloadButton(value=str(update.video_path), visible=True),
+                        f"Done: {update.report.get('frames')} frames in {update.report.get('seconds', 0):.1f} s.",
+                        update.summary_markdown,
+                        update.seed,
+                    )
+
+        _inject_request(on_video, gr)
+        video_event = video_button.click(
+            on_video,
+            [clip_in, *setting_inputs],  # the Photo tab's prompt and settings
+            [clip_out, previews, clip_download, video_status, video_summary, seed],
+            api_name="upscale_video",
+            preprocess=False,
+            concurrency_id=DEVICE_QUEUE,
+            concurrency_limit=1,
+        )
+        video_cancel.click(on_cancel, None, video_status, cancels=[video_event], queue=False)
 
     app.queue(default_concurrency_limit=1, max_size=limits.max_queue)
     app.seesr_controller = controller  # type: ignore[attr-defined]
@@ -607,6 +918,37 @@ def launch_app(
     if block:
         app.block_thread()
     return url
+
+
+def _run_in_thread(work: Callable[[Callable[[Any], None]], T], on_abandon: Callable[[], Any]) -> Iterator[Any]:
+    """Run ``work(report)`` in a worker thread and yield what it reports, then its result (its exception is raised
+    here). A generator closed early (the page's Cancel, a closed tab) calls ``on_abandon()`` so that the worker stops
+    at its next check; the worker still holds the device lock until then, so the next job waits for it."""
+    updates: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    def target() -> None:
+        try:
+            updates.put(("result", work(lambda item: updates.put(("update", item)))))
+        except BaseException as error:  # noqa: BLE001 - handed to the generator, which raises it
+            updates.put(("error", error))
+
+    thread = threading.Thread(target=target, name="seesr-video", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            kind, item = updates.get()
+            if kind == "update":
+                yield item
+                continue
+            finished = True
+            if kind == "error":
+                raise item
+            yield item
+            return
+    finally:
+        if not finished:
+            on_abandon()
 
 
 def _inject_request(function: Callable[..., Any], gr: Any) -> None:

@@ -17,12 +17,22 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from seesr.utils.images import ImageReadError, load_image
-from seesr.web.settings import UserInputError, WebLimits, check_input_size, format_bytes, safe_stem
+from seesr.web.settings import (
+    UserInputError,
+    WebLimits,
+    check_input_size,
+    check_video_length,
+    format_bytes,
+    safe_stem,
+)
+
+if TYPE_CHECKING:
+    from seesr.utils.video_io import VideoInfo
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,22 @@ class InputImage:
     def size(self) -> tuple[int, int]:
         """``(width, height)`` in pixels."""
         return self.rgb.size
+
+
+@dataclass(frozen=True)
+class InputClip:
+    """A validated video upload: its server-side file (inside the upload folder), what PyAV probed, its frame count
+    and a display-safe name stem."""
+
+    path: Path
+    info: VideoInfo
+    frames: int
+    stem: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames in pixels."""
+        return self.info.width, self.info.height
 
 
 @dataclass(frozen=True)
@@ -128,6 +154,70 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
+def _upload_path(
+    payload: Mapping[str, Any] | None, upload_dirs: Sequence[str | os.PathLike], what: str
+) -> tuple[str | None, str | None, InvalidUpload | None]:
+    """``(path, client name, problem)`` of a Gradio ``FileData`` record: a path only inside ``upload_dirs``."""
+    if not isinstance(payload, Mapping):
+        return None, None, InvalidUpload(f"the {what} must be uploaded as a file")
+    name = payload.get("orig_name")
+    path = payload.get("path")
+    if path and not any(_inside(Path(str(path)), Path(folder)) for folder in upload_dirs):
+        return None, None, InvalidUpload(f"the {what} must be uploaded, not referenced by a path")
+    return (str(path) if path else None), (str(name) if name else None), None
+
+
+def read_clip_payload(
+    payload: Mapping[str, Any] | None, limits: WebLimits, upload_dirs: Sequence[str | os.PathLike]
+) -> InputClip | InvalidUpload | None:
+    """Check a video upload (Gradio's ``FileData`` as a dict) before any work: inside the upload folders, within the
+    byte limit, readable by PyAV, frames within the pixel limit and the clip within ``limits.max_video_frames``."""
+    if payload is None:
+        return None
+    path, name, problem = _upload_path(payload, upload_dirs, "clip")
+    if problem is not None:
+        return problem
+    if path is None:
+        return InvalidUpload("the clip must be uploaded, not referenced by a URL")
+    label = Path(name).name if name else "the uploaded clip"
+    from seesr.utils.video_io import VideoError, probe
+
+    try:
+        size = os.path.getsize(path)
+        if size > limits.max_upload_bytes:
+            raise UserInputError(
+                f"{label}: {format_bytes(size)} is larger than this server's upload limit of "
+                f"{format_bytes(limits.max_upload_bytes)}"
+            )
+        info = probe(Path(path))
+        check_input_size(info.width, info.height, limits)
+        frames = count_frames(Path(path))
+        check_video_length(frames, float(info.fps) if info.fps else None, limits)
+    except UserInputError as error:
+        return InvalidUpload(f"{label}: {error}" if not str(error).startswith(label) else str(error))
+    except (VideoError, OSError) as error:
+        return InvalidUpload(f"{label}: not a video this server can read ({str(error).replace(path, label)})")
+    if frames == 0:
+        return InvalidUpload(f"{label}: the clip has no video frames")
+    return InputClip(Path(path), info, frames, safe_stem(name, fallback="clip"))
+
+
+def count_frames(path: Path) -> int:
+    """Frames of the first video stream, from its packets (demuxed, not decoded: fast, and as exact as the container
+    is: an undecodable frame is counted, as ``upscale_video`` counts it)."""
+    from seesr.utils.video_io import VideoError, _av
+
+    av = _av()
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams.video[0]):
+                count += 1 if packet.size else 0
+    except av.error.FFmpegError as error:
+        raise VideoError(f"{path}: cannot read video ({error})") from None
+    return count
+
+
 def read_payload(
     payload: Mapping[str, Any] | None, limits: WebLimits, upload_dirs: Sequence[str | os.PathLike]
 ) -> InputImage | InvalidUpload | None:
@@ -141,15 +231,12 @@ def read_payload(
     """
     if payload is None:
         return None
-    if not isinstance(payload, Mapping):
-        return InvalidUpload("the image must be uploaded as a file")
-    name = payload.get("orig_name")
-    name = str(name) if name else None
-    path, url = payload.get("path"), payload.get("url")
+    path, name, problem = _upload_path(payload, upload_dirs, "image")
+    if problem is not None:
+        return problem
     if path:
-        if not any(_inside(Path(str(path)), Path(folder)) for folder in upload_dirs):
-            return InvalidUpload("the image must be uploaded, not referenced by a path")
-        return read_upload(str(path), name, limits)
+        return read_upload(path, name, limits)
+    url = payload.get("url")
     if isinstance(url, str) and url.startswith("data:"):
         return read_upload(None, name, limits, data_url=url)
     return InvalidUpload("the image must be uploaded, not referenced by a URL")

@@ -5,9 +5,11 @@ things the page needs, with a lock so that one job at a time uses the device eve
 cancelled job's thread finish in the background:
 
 * :meth:`PipelineRunner.detect_tags` -> DAPE's tags for an image;
-* :meth:`PipelineRunner.upscale` -> the upscaled image, the prompt actually used and the settings actually used.
+* :meth:`PipelineRunner.upscale` -> the upscaled image, the prompt actually used and the settings actually used;
+* :meth:`PipelineRunner.upscale_clip` -> a clip upscaled by :func:`seesr.pipeline.video.upscale_video` (the path of
+  ``seesr upscale clip.mp4``: one seed for the clip, tags per shot, audio kept).
 
-Anything with the same two methods (see :class:`Runner`) can drive the app, which is how the unit tests run it
+Anything with the same methods (see :class:`Runner`) can drive the app, which is how the unit tests run it
 without a model.
 """
 
@@ -18,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: ``on_step(done, total)`` is called after every denoising step.
 StepCallback = Callable[[int, int], None]
+#: ``on_frame(done, total)`` is called after every finished frame of a clip.
+FrameCallback = Callable[[int, int], None]
 #: ``should_stop()`` is polled after every step; returning True stops the run with :class:`RunCancelled`.
 StopCheck = Callable[[], bool]
 
@@ -77,6 +82,18 @@ class Runner(Protocol):
         should_stop: StopCheck | None = None,
     ) -> UpscaleResult:
         """Upscale an RGB ``(W, H)`` image to ``(W·scale, H·scale)``."""
+        ...
+
+    def upscale_clip(
+        self,
+        source: Any,
+        outdir: Path,
+        settings: WebSettings,
+        *,
+        max_output_pixels: int,
+        on_frame: FrameCallback | None = None,
+    ) -> Any:
+        """Upscale a :class:`seesr.pipeline.video.Source` into ``outdir``; returns its ``VideoResult``."""
         ...
 
 
@@ -147,33 +164,80 @@ class PipelineRunner:
         logger.info("upscaled %dx%d -> %dx%d in %.1f s", *image.size, *result.image.size, seconds)
         return result
 
+    def upscale_clip(
+        self,
+        source: Any,
+        outdir: Path,
+        settings: WebSettings,
+        *,
+        max_output_pixels: int,
+        on_frame: FrameCallback | None = None,
+    ) -> Any:
+        """Upscale a clip (:class:`seesr.pipeline.video.Source`) into ``outdir`` with
+        :func:`~seesr.pipeline.video.upscale_video`, holding the device lock for the whole clip.
+
+        The tags come from DAPE per shot (``settings.tags`` is for photos and is not used); one seed for every frame
+        (``settings`` resolved first). ``on_frame(done, total)`` runs after each frame; an exception it raises (the
+        page's cancel: :class:`RunCancelled`) stops the clip there. Returns the ``VideoResult``.
+        """
+        from seesr.pipeline.video import VideoSettings, upscale_video
+
+        settings = settings.resolved()
+        record = _upscale_settings(settings, max_output_pixels)
+        extra = {"interface": "web", "model": self._model_description()}
+        with self.lock:
+            result = upscale_video(
+                self.pipeline,
+                source,
+                outdir,
+                record,
+                VideoSettings(),
+                show_progress=False,
+                metadata_extra=extra,
+                on_progress=on_frame,
+            )
+        logger.info("upscaled the clip %s (%d frames)", source.name, result.frames)
+        return result
+
+    def _model_description(self) -> str:
+        location = getattr(self.pipeline, "model_location", None)
+        return getattr(location, "description", None) or type(self.pipeline).__name__
+
     def png_metadata(self, result: UpscaleResult) -> dict[str, str]:
         """The PNG text chunks ``seesr upscale`` writes (same keys and JSON record), plus where the tags came from."""
-        from seesr.pipeline.batch import UpscaleSettings, png_metadata
+        from seesr.pipeline.batch import png_metadata
 
         settings = result.settings
-        record = UpscaleSettings(
-            scale=settings.scale,
-            steps=settings.steps,
-            guidance=settings.guidance_scale,
-            seed=settings.seed,
-            prompt=settings.prompt,
-            added_prompt=settings.added_prompt,
-            negative_prompt=settings.negative_prompt,
-            use_tags=settings.use_tags,
-            color_fix=settings.color_fix,
-            process_size=settings.process_size,
-            latent_tile_size=settings.latent_tile_size,
-        )
-        location = getattr(self.pipeline, "model_location", None)
+        record = _upscale_settings(settings)
         extra = {
             "interface": "web",
             "tags_source": settings.tags_source,
-            "model": getattr(location, "description", None) or type(self.pipeline).__name__,
+            "model": self._model_description(),
             "device": str(getattr(self.pipeline, "device", "")),
             "dtype": str(getattr(self.pipeline, "dtype", "")).replace("torch.", ""),
         }
         return png_metadata(record, result.prompt, list(result.tags), settings.seed, extra)
+
+
+def _upscale_settings(settings: WebSettings, max_output_pixels: int | None = None) -> Any:
+    """The :class:`seesr.pipeline.batch.UpscaleSettings` (``seesr upscale``'s record) of the page's settings."""
+    from seesr.pipeline.batch import UpscaleSettings
+
+    limit = {} if max_output_pixels is None else {"max_output_pixels": max_output_pixels}
+    return UpscaleSettings(
+        scale=settings.scale,
+        steps=settings.steps,
+        guidance=settings.guidance_scale,
+        seed=settings.seed,
+        prompt=settings.prompt,
+        added_prompt=settings.added_prompt,
+        negative_prompt=settings.negative_prompt,
+        use_tags=settings.use_tags,
+        color_fix=settings.color_fix,
+        process_size=settings.process_size,
+        latent_tile_size=settings.latent_tile_size,
+        **limit,
+    )
 
 
 class _StepReporter:
