@@ -70,13 +70,16 @@ class FakeRunner:
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Any:
         """The real clip path (:func:`seesr.pipeline.video.upscale_video` through :class:`PipelineRunner`) on a
         :class:`FakeVideoPipeline`."""
         self.calls.append(("clip", (source.info.width, source.info.height), settings))
         self.started.set()
         runner = PipelineRunner(self.video_pipeline)
-        return runner.upscale_clip(source, outdir, settings, max_output_pixels=max_output_pixels, on_frame=on_frame)
+        return runner.upscale_clip(
+            source, outdir, settings, max_output_pixels=max_output_pixels, on_frame=on_frame, should_stop=should_stop
+        )
 
     @property
     def video_pipeline(self) -> FakeVideoPipeline:
@@ -87,19 +90,33 @@ class FakeRunner:
 
 class FakeVideoPipeline:
     """What :func:`seesr.pipeline.video.upscale_video` calls on a pipeline (``run_tagger``, ``__call__``): tags
-    ``["cat"]``; "upscales" with bicubic (after ``delay`` seconds); records each call's keyword arguments."""
+    ``["cat"]``; runs its steps (``delay`` seconds each) calling ``callback_on_step_end`` and stopping after a step
+    that set ``_interrupt``, as a diffusers pipeline does; "upscales" with bicubic; records each call's keyword
+    arguments (``steps_run``: the steps of each call)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: list[dict[str, Any]] = []
+        self.steps_run: list[int] = []
+        self._interrupt = False
 
     def run_tagger(self, image: Image.Image) -> tuple[list[str], None]:
         return ["cat"], None
 
-    def __call__(self, image: Image.Image, **kwargs: Any) -> SimpleNamespace:
+    def __call__(
+        self, image: Image.Image, callback_on_step_end=None, callback_on_step_end_tensor_inputs=(), **kwargs: Any
+    ) -> SimpleNamespace:
         self.calls.append(kwargs)
-        if self.delay:
-            threading.Event().wait(self.delay)
+        self._interrupt, steps = False, 0
+        for step in range(kwargs["num_inference_steps"]):
+            if self.delay:
+                threading.Event().wait(self.delay)
+            steps += 1
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, step, 999 - step, {})
+            if self._interrupt:
+                break
+        self.steps_run.append(steps)
         scale = kwargs["upscale"]
         tags = list(kwargs["tags"] or []) if kwargs["use_tags"] else []
         return SimpleNamespace(

@@ -169,3 +169,65 @@ def test_a_clip_holds_the_device_lock_and_uses_one_seed(tmp_path):
     seeds = {call["seed"] for call in runner.pipeline.calls}
     assert len(runner.pipeline.calls) == 4 and seeds == {result.report["seed"]}  # a random seed, one for all frames
     assert result.output == tmp_path / "out" / "clip.mp4" and result.output.is_file()
+
+
+def test_a_cancelled_clip_stops_after_the_current_step_and_keeps_no_clip(tmp_path):
+    from seesr.pipeline.video import open_source
+    from tests.pipeline.test_video import make_clip
+    from tests.web.fakes import FakeVideoPipeline
+
+    pipeline = FakeVideoPipeline()
+    runner = PipelineRunner(pipeline)
+    polls: list[int] = []
+
+    def should_stop() -> bool:  # Cancel pressed during the 2nd step of the last frame
+        polls.append(1)
+        return len(polls) == 3 * 4 + 2
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=4, audio=False)
+    with pytest.raises(RunCancelled):
+        runner.upscale_clip(
+            open_source(str(clip)),
+            tmp_path / "out",
+            WebSettings(steps=4, scale=2),
+            max_output_pixels=10**7,
+            should_stop=should_stop,
+        )
+    assert pipeline.steps_run == [4, 4, 4, 2]  # the last frame stopped after its 2nd step
+    assert not (tmp_path / "out" / "clip.mp4").exists()  # a clip with a cut-short frame is not a result
+    assert not runner.lock.locked()
+
+
+def test_a_clip_on_the_tiny_model_reports_frames_and_stops_mid_frame(tmp_path):
+    """The step callback reaches the real pipeline through upscale_video (cancel after the current step there too)."""
+    from seesr.pipeline.video import open_source
+    from seesr.utils.video_io import probe
+    from tests.pipeline.helpers import tiny_pipeline
+    from tests.pipeline.test_video import make_clip
+
+    runner = PipelineRunner(tiny_pipeline())
+    clip = make_clip(tmp_path / "clip.mp4", frames=3, audio=False)
+    settings = WebSettings(steps=2, scale=2, seed=7, process_size=32)
+    frames: list[tuple[int, int]] = []
+    polls: list[int] = []
+    result = runner.upscale_clip(
+        open_source(str(clip)),
+        tmp_path / "out",
+        settings,
+        max_output_pixels=10**6,
+        on_frame=lambda *f: frames.append(f),
+        should_stop=lambda: bool(polls.append(1)),
+    )
+    assert frames == [(1, 3), (2, 3), (3, 3)] and len(polls) == 3 * 2  # every step of every frame polled
+    assert (probe(result.output).width, probe(result.output).height) == (32, 24)
+
+    polls.clear()
+    with pytest.raises(RunCancelled):
+        runner.upscale_clip(
+            open_source(str(clip)),
+            tmp_path / "again",
+            settings,
+            max_output_pixels=10**6,
+            should_stop=lambda: bool(polls.append(1)) or len(polls) == 3,  # during the 2nd frame's first step
+        )
+    assert len(polls) == 3 and not (tmp_path / "again" / "clip.mp4").exists() and not runner.lock.locked()

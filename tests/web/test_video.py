@@ -137,8 +137,8 @@ def test_cancel_stops_the_clip_after_the_current_frame_and_leaves_nothing(tmp_pa
             controller.cancel("alice")
 
     with pytest.raises(RunCancelled):
-        controller.run_video(clip, session="alice", on_progress=on_progress, **VIDEO_CONTROLS)
-    assert len(runner.video_pipeline.calls) == 5  # stopped at the frame after the cancel
+        controller.run_video(clip, session="alice", on_progress=on_progress, **{**VIDEO_CONTROLS, "steps": 5})
+    assert runner.video_pipeline.steps_run == [5, 5, 5, 5, 1]  # the next frame stopped after its first step
     assert list((tmp_path / "results").iterdir()) == [] and released == [1]  # memory returned after the run
     # the next clip of the same session starts afresh
     assert controller.run_video(clip, session="alice", **VIDEO_CONTROLS).report["frames"] == 12

@@ -258,8 +258,8 @@ class WebController:
     ) -> VideoRunOutput:
         """Upscale a clip with :func:`seesr.pipeline.video.upscale_video` (through the runner): 1. check the clip
         and ``controls`` (size per clip, as for photos; its length was checked at upload); 2. upscale into a fresh
-        job folder, reporting each frame (with the time left and the first frames) and stopping at the frame
-        after a cancel; 3. describe the result. A cancelled or failed clip leaves nothing behind."""
+        job folder, reporting each frame (with the time left and the first frames) and stopping after the current
+        denoising step on Cancel; 3. describe the result. A cancelled or failed clip leaves nothing behind."""
         clip = self._require_clip(upload)
         settings = make_settings(limits=self.limits, process_size=self.defaults.process_size, **controls).resolved()
         check_output_size(*clip.size, settings.scale, self.limits, settings.process_size)
@@ -279,6 +279,7 @@ class WebController:
                     settings,
                     max_output_pixels=self.limits.max_output_pixels,
                     on_frame=tracker,
+                    should_stop=flag.is_set,
                 )
             )
         except BaseException:

@@ -92,6 +92,7 @@ class Runner(Protocol):
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Any:
         """Upscale a :class:`seesr.pipeline.video.Source` into ``outdir``; returns its ``VideoResult``."""
         ...
@@ -172,30 +173,36 @@ class PipelineRunner:
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Any:
         """Upscale a clip (:class:`seesr.pipeline.video.Source`) into ``outdir`` with
         :func:`~seesr.pipeline.video.upscale_video`, holding the device lock for the whole clip.
 
         The tags come from DAPE per shot (``settings.tags`` is for photos and is not used); one seed for every frame
-        (``settings`` resolved first). ``on_frame(done, total)`` runs after each frame; an exception it raises (the
-        page's cancel: :class:`RunCancelled`) stops the clip there. Returns the ``VideoResult``.
+        (``settings`` resolved first). ``on_frame(done, total)`` runs after each frame; an exception it raises stops
+        the clip there. ``should_stop()`` is polled after every denoising step, as for photos: True stops the frame
+        after that step and the clip with :class:`RunCancelled` (its working folder is left for the caller to remove).
+        Returns the ``VideoResult``.
         """
         from seesr.pipeline.video import VideoSettings, upscale_video
 
         settings = settings.resolved()
         record = _upscale_settings(settings, max_output_pixels)
         extra = {"interface": "web", "model": self._model_description()}
+        reporter = _StepReporter(settings.steps, None, should_stop)
         with self.lock:
             result = upscale_video(
-                self.pipeline,
+                _WithStepCallback(self.pipeline, reporter),
                 source,
                 outdir,
                 record,
                 VideoSettings(),
                 show_progress=False,
                 metadata_extra=extra,
-                on_progress=on_frame,
+                on_progress=_stopping_after(reporter, on_frame),
             )
+        if reporter.cancelled:  # the last frame was cut short: its clip is not a result
+            raise RunCancelled
         logger.info("upscaled the clip %s (%d frames)", source.name, result.frames)
         return result
 
@@ -238,6 +245,37 @@ def _upscale_settings(settings: WebSettings, max_output_pixels: int | None = Non
         latent_tile_size=settings.latent_tile_size,
         **limit,
     )
+
+
+def _stopping_after(reporter: _StepReporter, on_frame: FrameCallback | None) -> FrameCallback:
+    """``on_progress`` of a clip: a frame cut short by a cancel ends the clip (:class:`RunCancelled`) before it is
+    kept; otherwise ``on_frame``."""
+
+    def on_progress(done: int, total: int) -> None:
+        if reporter.cancelled:
+            raise RunCancelled
+        if on_frame is not None:
+            on_frame(done, total)
+
+    return on_progress
+
+
+class _WithStepCallback:
+    """A pipeline seen through ``upscale_video``: every call gets ``reporter`` as its ``callback_on_step_end``
+    (diffusers' convention); every other attribute, read or written, is the pipeline's own."""
+
+    def __init__(self, pipeline: Any, reporter: _StepReporter) -> None:
+        object.__setattr__(self, "_pipeline", pipeline)
+        object.__setattr__(self, "_reporter", reporter)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pipeline(*args, **kwargs, **self._reporter.call_arguments())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._pipeline, name, value)
 
 
 class _StepReporter:
