@@ -1,4 +1,5 @@
-"""Web UI (``seesr serve``): a Gradio page to upload a photo, see and edit DAPE's tags, upscale and compare.
+"""Web UI (``seesr serve``): a Gradio page to upload a photo, see and edit DAPE's tags, upscale and compare, and
+to upscale a short clip (the Video tab).
 
 Importing this package does not import Gradio or load any model; :func:`seesr.web.app.build_app` does the former
 and takes an already loaded pipeline. Gradio comes with the ``web`` extra (``pip install 'seesr[web]'``).

@@ -1,4 +1,6 @@
-"""The Gradio page of ``seesr serve``: upload, see and edit DAPE's tags, upscale, compare, download.
+"""The Gradio page of ``seesr serve``: upload, see and edit DAPE's tags, upscale, compare, download; and a Video tab
+that upscales a short clip through :func:`seesr.pipeline.video.upscale_video` (progress in frames with the time left,
+the first frames shown early, cancel, the clip to download).
 
 :func:`build_app` builds the :class:`gradio.Blocks` from an already loaded pipeline (nothing is loaded here, and
 Gradio is imported only inside the functions, so importing this module is cheap and needs no ``web`` extra).
