@@ -19,8 +19,6 @@ final ControlNet and UNet are saved to separate ``controlnet/`` and ``unet/`` fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,52 +113,36 @@ class SeeSRTrainingModule(nn.Module):
 
 
 def _load_frozen_parts(model: SeeSRModelConfig) -> dict[str, Any]:
-    """Tokenizer, text encoder, VAE, noise scheduler and DAPE tagger (float32, CPU) from the configured files."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """Tokenizer, text encoder, VAE, noise scheduler and DAPE tagger (float32, CPU) from the configured files.
+
+    Read by :mod:`seesr.weights.loading` (config sizes and file headers checked; the tokenizer checked against the
+    text encoder's vocabulary, ECOSYSTEM §6; the scheduler always DDPM although the SD-2 file says PNDM)."""
+    from seesr.weights.loading import ModelLoadError, load_scheduler, load_text_encoder, load_tokenizer, load_vae
 
     base = Path(model.pretrained_model_name_or_path)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (base / part).is_dir():
             raise TrainingError(f"{base} is not a Stable Diffusion 2 base folder: {part}/ is missing")
-    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32)
-    if len(tokenizer) != text_encoder.config.vocab_size:  # a folder without vocab files loads silently (ECOSYSTEM §6)
-        raise TrainingError(
-            f"{base / 'tokenizer'} gives {len(tokenizer)} tokens but the text encoder expects "
-            f"{text_encoder.config.vocab_size}: vocab.json / merges.txt are missing or wrong"
-        )
-    return dict(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32),
-        noise_scheduler=DDPMScheduler.from_pretrained(base / "scheduler"),  # named explicitly: the file says PNDM
-        tagger=load_frozen_tagger(model.ram_model_path, model.dape_model_path, model.ram_config_dir),
-    )
-
-
-@contextmanager
-def _quiet_diffusers() -> Iterator[None]:
-    """diffusers' warnings at ERROR level inside the block (restored after), unless seesr logs at DEBUG (-v)."""
-    import diffusers.utils.logging as diffusers_logging
-
-    if logger.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    cpu = torch.device("cpu")
     try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(previous)
+        text_encoder = load_text_encoder(base / "text_encoder", torch.float32, cpu)
+        parts = dict(
+            tokenizer=load_tokenizer(base / "tokenizer", int(text_encoder.config.vocab_size)),
+            text_encoder=text_encoder,
+            vae=load_vae(base / "vae", torch.float32, cpu),
+            noise_scheduler=load_scheduler(base / "scheduler"),
+        )
+    except ModelLoadError as error:
+        raise TrainingError(str(error)) from None
+    return {**parts, "tagger": load_frozen_tagger(model.ram_model_path, model.dape_model_path, model.ram_config_dir)}
 
 
 def _load_base_unet(folder: Path, announce: bool = True) -> Any:
     """The stock SD-2 UNet (float32). A SeeSR UNet folder (with RCA) is accepted: its SD-2 weights are used and its
-    RCA tensors are not, which is said in one line instead of diffusers' list of every unused tensor (-v shows it)."""
+    RCA tensors are not, which is said in one line."""
     import json
 
-    from diffusers import UNet2DConditionModel
+    from seesr.weights.unet import load_stock_unet
 
     try:
         seesr_unet = bool(
@@ -168,8 +150,10 @@ def _load_base_unet(folder: Path, announce: bool = True) -> Any:
         )
     except (OSError, ValueError):
         seesr_unet = False
-    with _quiet_diffusers():
-        unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32)
+    try:
+        unet = load_stock_unet(folder, dtype=torch.float32)  # through seesr.weights.reader, RCA tensors left out
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     if seesr_unet and announce:
         logger.info(
             "%s is a SeeSR UNet: stage 2 uses its SD-2 weights and starts fresh RCA layers (its trained RCA weights "
