@@ -264,3 +264,31 @@ def test_progress_and_cancel(page, images, server):
     prompt_used = page.locator("#seesr-prompt-used textarea")
     expect(prompt_used).to_have_value(re.compile("^" + re.escape(detected + ", ")), timeout=UI_TIMEOUT_MS)
     expect(page.locator("#seesr-settings-used")).to_contain_text("(DAPE)")
+
+
+def test_video_tab_upscales_a_clip_with_progress_previews_and_download(page, server, tmp_path):
+    """Issue 18 item 5: a clip uploaded in the Video tab, upscaled with the Photo tab's settings, downloadable."""
+    from playwright.sync_api import expect
+
+    from seesr.utils.video_io import probe
+    from tests.pipeline.test_video import make_clip, stream_summary
+
+    clip = make_clip(tmp_path / "walk.mp4", frames=6)  # 16x12 at 8 fps with sound
+    page.locator("#seesr-scale input[type=number]").fill("2")
+    page.locator("#seesr-steps input[type=number]").fill("1")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#seesr-clip input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#seesr-clip-info")).to_contain_text("6 frames at 8 fps. Input 16×12 px")
+    page.locator("#seesr-video-run").click()
+    expect(page.locator("#seesr-video-status")).to_contain_text("Done: 6 frames", timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#seesr-video-previews img")).to_have_count(4)
+    expect(page.locator("#seesr-video-used")).to_contain_text("×2: 16×12 → 32×24 px")
+
+    with page.expect_download() as download_info:
+        page.locator("#seesr-clip-download").click()
+    saved = tmp_path / "download.mp4"
+    download_info.value.save_as(saved)
+    assert (probe(saved).width, probe(saved).height) == (32, 24)
+    assert stream_summary(saved)["decoded"] == 6 and probe(saved).copied_streams == ["audio:aac"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve_video.png"), full_page=True)
