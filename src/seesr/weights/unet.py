@@ -307,9 +307,14 @@ def load_seesr_model(
 _OFFICIAL_RCA = re.compile(r"(^|\.)image_attentions\.\d+\.")
 
 
-def _stock_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A UNet state dict in either layout -> the stock diffusers keys, RCA tensors left out."""
-    return {key: value for key, value in seesr_to_official_keys(state_dict).items() if not _OFFICIAL_RCA.search(key)}
+def _stock_keys(state_dict: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """A UNet state dict in either layout -> the stock diffusers keys, RCA tensors left out (listed at DEBUG level
+    when ``folder`` is given)."""
+    official = seesr_to_official_keys(state_dict)
+    unused = [key for key in official if _OFFICIAL_RCA.search(key)]
+    if unused and folder is not None:
+        logger.debug("%s: %d RCA tensors were not used: %s", folder, len(unused), _listing(unused))
+    return {key: value for key, value in official.items() if not _OFFICIAL_RCA.search(key)}
 
 
 def load_stock_unet(
@@ -326,7 +331,7 @@ def load_stock_unet(
     files, source = _weight_files(folder)
     model = _empty_model(folder, UNet2DConditionModel, config, None)
     check_tensors(
-        _stock_keys(_read_specs(files)), model.state_dict(), source=f"{folder / source} (UNet2DConditionModel)"
+        _stock_keys(_read_specs(files), folder), model.state_dict(), source=f"{folder / source} (UNet2DConditionModel)"
     )
     state_dict = _stock_keys(_read_weights(files, str(device)))
     if dtype is not None:
