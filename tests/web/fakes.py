@@ -70,6 +70,7 @@ class FakeRunner:
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Any:
         """The real clip path (:func:`seesr.pipeline.video.upscale_video` through :class:`PipelineRunner`) on a
@@ -78,7 +79,13 @@ class FakeRunner:
         self.started.set()
         runner = PipelineRunner(self.video_pipeline)
         return runner.upscale_clip(
-            source, outdir, settings, max_output_pixels=max_output_pixels, on_frame=on_frame, should_stop=should_stop
+            source,
+            outdir,
+            settings,
+            max_output_pixels=max_output_pixels,
+            on_frame=on_frame,
+            on_step=on_step,
+            should_stop=should_stop,
         )
 
     @property

@@ -48,9 +48,15 @@ def test_clip_is_upscaled_with_frame_progress_previews_and_its_sound(tmp_path):
     runner = FakeRunner()
     controller = WebController(runner, output_dir=tmp_path / "results")
     seen: list[VideoProgress] = []
-    output = controller.run_video(clip, session="s", on_progress=seen.append, **VIDEO_CONTROLS)
+    reports: list[VideoProgress] = []
+    output = controller.run_video(clip, session="s", on_progress=reports.append, **VIDEO_CONTROLS)
 
+    seen = [p for p in reports if p.step is None]  # after each frame; the others during a frame, after each step
     assert [(p.done, p.total) for p in seen] == [(i, 12) for i in range(1, 13)]
+    steps = [(p.done, p.step) for p in reports if p.step is not None]
+    assert steps == [(frame, (step, 2)) for frame in range(12) for step in (1, 2)]
+    assert [p.fraction for p in reports[:3]] == [0.5 / 12, 1 / 12, 1 / 12]
+    assert reports[0].describe() == "Frame 1 of 12: step 1 of 2"
     assert seen[0].seconds_left is None and all(p.seconds_left is not None and p.seconds_left >= 0 for p in seen[1:])
     assert seen[-1].seconds_left == 0 and seen[1].describe().startswith("Frame 2 of 12, about ")
     assert [len(p.previews) for p in seen[:5]] == [1, 2, 3, 4, 4]  # the first frames, as soon as they are done

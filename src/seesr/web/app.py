@@ -103,16 +103,28 @@ class RunOutput:
 @dataclass
 class VideoProgress:
     """Where a clip stands: ``done`` of ``total`` frames, about ``seconds_left`` (None until two frames are done),
-    and the preview PNGs of its first frames so far."""
+    the preview PNGs of its first frames so far, and ``step``: ``(step, steps)`` of the frame being upscaled, for a
+    report between frames (None after a frame)."""
 
     done: int
     total: int
     seconds_left: float | None
     previews: list[Path]
+    step: tuple[int, int] | None = None
+
+    @property
+    def fraction(self) -> float:
+        """The share of the clip done, counting the steps of the frame in progress."""
+        partial = self.step[0] / self.step[1] if self.step is not None and self.step[1] else 0.0
+        return min(1.0, (self.done + partial) / self.total) if self.total else 0.0
 
     def describe(self) -> str:
-        """``"Frame 3 of 12, about 1 min 5 s left"``."""
+        """``"Frame 3 of 12, about 1 min 5 s left"`` (after a frame), ``"Frame 4 of 12: step 20 of 50, …"``."""
         left = "" if self.seconds_left is None else f", about {format_duration(self.seconds_left)} left"
+        if self.step is not None:
+            return (
+                f"Frame {min(self.done + 1, self.total)} of {self.total}: step {self.step[0]} of {self.step[1]}{left}"
+            )
         return f"Frame {self.done} of {self.total}{left}"
 
 
@@ -272,7 +284,7 @@ class WebController:
         job.mkdir(parents=True)
         flag = self._stop_flag(session)
         flag.clear()
-        tracker = _FrameTracker(job, flag, on_progress)
+        tracker = _FrameTracker(job, flag, on_progress, clip.frames)
         try:
             result = self._returning_memory(
                 lambda: self.runner.upscale_clip(
@@ -281,6 +293,7 @@ class WebController:
                     settings,
                     max_output_pixels=self.limits.max_output_pixels,
                     on_frame=tracker,
+                    on_step=tracker.step,
                     should_stop=flag.is_set,
                 )
             )
@@ -381,11 +394,15 @@ class WebController:
 class _FrameTracker:
     """``on_frame(done, total)`` of a clip: stops it (:class:`RunCancelled`) once ``flag`` is set, copies its first
     :data:`PREVIEW_FRAMES` frames out of the working folder (removed at the end) and reports a
-    :class:`VideoProgress` with the time left, estimated from the frames done since the first one."""
+    :class:`VideoProgress` with the time left, estimated from the frames done since the first one. :meth:`step`
+    reports the denoising steps of the frame in progress in between."""
 
-    def __init__(self, job: Path, flag: threading.Event, report: Callable[[VideoProgress], None] | None) -> None:
+    def __init__(
+        self, job: Path, flag: threading.Event, report: Callable[[VideoProgress], None] | None, total: int
+    ) -> None:
         self.job, self.flag, self.report = job, flag, report
         self.previews: list[Path] = []
+        self.done, self.total, self.seconds_left = 0, total, None
         self._first: tuple[int, float] | None = None  # (frames done, time) at the first report
 
     def __call__(self, done: int, total: int) -> None:
@@ -396,11 +413,16 @@ class _FrameTracker:
         if self._first is None:
             self._first = (done, now)
         first_done, first_time = self._first
-        left = None
+        self.done, self.total = done, total
         if done > first_done:
-            left = (now - first_time) / (done - first_done) * (total - done)
+            self.seconds_left = (now - first_time) / (done - first_done) * (total - done)
         if self.report is not None:
-            self.report(VideoProgress(done, total, left, list(self.previews)))
+            self.report(VideoProgress(done, total, self.seconds_left, list(self.previews)))
+
+    def step(self, step: int, steps: int) -> None:
+        """``on_step(done, total)`` of the frame in progress."""
+        if self.report is not None:
+            self.report(VideoProgress(self.done, self.total, self.seconds_left, list(self.previews), (step, steps)))
 
     def _copy_previews(self, done: int) -> None:
         from seesr.pipeline.video import FRAME_NAME
@@ -862,7 +884,9 @@ def build_app(
                     on_abandon=lambda: controller.cancel(session),
                 ):
                     if isinstance(update, VideoProgress):
-                        progress((update.done, update.total), desc=update.describe(), unit="frames")
+                        progress(update.fraction, desc=update.describe())
+                        if update.step is not None:
+                            continue  # steps move the progress bar only
                         shown = [str(path) for path in update.previews]
                         yield gr.skip(), shown, gr.skip(), update.describe(), gr.skip(), gr.skip()
                         continue

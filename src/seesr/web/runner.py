@@ -92,6 +92,7 @@ class Runner(Protocol):
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Any:
         """Upscale a :class:`seesr.pipeline.video.Source` into ``outdir``; returns its ``VideoResult``."""
@@ -173,6 +174,7 @@ class PipelineRunner:
         *,
         max_output_pixels: int,
         on_frame: FrameCallback | None = None,
+        on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> Any:
         """Upscale a clip (:class:`seesr.pipeline.video.Source`) into ``outdir`` with
@@ -180,7 +182,7 @@ class PipelineRunner:
 
         The tags come from DAPE per shot (``settings.tags`` is for photos and is not used); one seed for every frame
         (``settings`` resolved first). ``on_frame(done, total)`` runs after each frame; an exception it raises stops
-        the clip there. ``should_stop()`` is polled after every denoising step, as for photos: True stops the frame
+        the clip there; ``on_step(done, total)`` after each denoising step of a frame. ``should_stop()`` is polled after every denoising step, as for photos: True stops the frame
         after that step and the clip with :class:`RunCancelled` (its working folder is left for the caller to remove).
         Returns the ``VideoResult``.
         """
@@ -189,7 +191,7 @@ class PipelineRunner:
         settings = settings.resolved()
         record = _upscale_settings(settings, max_output_pixels)
         extra = {"interface": "web", "model": self._model_description()}
-        reporter = _StepReporter(settings.steps, None, should_stop)
+        reporter = _StepReporter(settings.steps, on_step, should_stop)
         with self.lock:
             result = upscale_video(
                 _WithStepCallback(self.pipeline, reporter),
