@@ -125,6 +125,11 @@ def test_uploads_that_are_not_usable_clips_are_refused_in_one_line(tmp_path):
     big = read_clip_payload({"path": str(not_video), "orig_name": "x.mp4"}, WebLimits(max_upload_bytes=4), [uploads])
     assert isinstance(big, InvalidUpload) and "larger than this server's upload limit" in big.message
     assert read_clip_payload(None, limits, [uploads]) is None
+    clip = make_clip(uploads / "clip.mp4", frames=2, audio=False)
+    large = read_clip_payload({"path": str(clip), "orig_name": "c.mp4"}, WebLimits(max_input_pixels=100), [uploads])
+    assert isinstance(large, InvalidUpload) and large.message.startswith(
+        "c.mp4: Its frames are 16×12 (192 pixels); this server accepts frames up to 100 pixels."
+    )
 
 
 def test_cancel_stops_the_clip_after_the_current_frame_and_leaves_nothing(tmp_path, monkeypatch):

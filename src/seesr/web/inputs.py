@@ -190,7 +190,7 @@ def read_clip_payload(
                 f"{format_bytes(limits.max_upload_bytes)}"
             )
         info = probe(Path(path))
-        check_input_size(info.width, info.height, limits)
+        check_input_size(info.width, info.height, limits, what="frame")
         frames = count_frames(Path(path))
         check_video_length(frames, float(info.fps) if info.fps else None, limits)
     except UserInputError as error:

@@ -235,11 +235,13 @@ def make_settings(
     )
 
 
-def check_input_size(width: int, height: int, limits: WebLimits) -> None:
-    """Raise :class:`UserInputError` if a ``width`` x ``height`` input exceeds ``limits.max_input_pixels``."""
+def check_input_size(width: int, height: int, limits: WebLimits, what: str = "image") -> None:
+    """Raise :class:`UserInputError` if a ``width`` x ``height`` input (an ``what``: image, or a clip's frame)
+    exceeds ``limits.max_input_pixels``."""
     if width * height > limits.max_input_pixels:
+        subject = "The image is" if what == "image" else f"Its {what}s are"
         raise UserInputError(
-            f"The image is {width}×{height} ({_megapixels(width * height)}); this server accepts images up to "
+            f"{subject} {width}×{height} ({_megapixels(width * height)}); this server accepts {what}s up to "
             f"{_megapixels(limits.max_input_pixels)}. Downscale or crop it first, or restart `seesr serve` with a "
             "larger --max-input-pixels."
         )
