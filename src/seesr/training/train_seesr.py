@@ -228,7 +228,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     train, optim = config.train, config.optim
     output_dir = Path(train.output_dir)
 
-    # 1. Accelerator, seeding, run record. Unused-parameter detection stays off: every trainable tensor is used.
+    # 1. Accelerator, seeding, resume check. Unused-parameter detection stays off: every trainable tensor is used.
     accelerator = build_accelerator(train, config.logging)
     from accelerate.utils import set_seed
 
@@ -236,16 +236,6 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     resume_from = find_resume_checkpoint(  # checked before anything is written: a refused one changes nothing
         output_dir, train.resume_from_checkpoint, train.allow_pickle_resume, announce=accelerator.is_main_process
     )
-    if accelerator.is_main_process:
-        write_run_record(
-            config,
-            output_dir,
-            extra={
-                "stage": "seesr",
-                "num_processes": accelerator.num_processes,
-                "mixed_precision": accelerator.mixed_precision,
-            },
-        )
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 
@@ -301,8 +291,18 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         train.checkpoints_total_limit,
     )
 
-    # 6. Resume.
+    # 6. Resume, then the run record (config.yaml, versions.json): a refused resume leaves the folder as it was.
     start = checkpointer.load(resume_from, train.allow_pickle_resume)
+    if accelerator.is_main_process:
+        write_run_record(
+            config,
+            output_dir,
+            extra={
+                "stage": "seesr",
+                "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,
+            },
+        )
     global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
 
     if accelerator.is_main_process:
