@@ -12,8 +12,8 @@ Weights are fetched on first use into the usual caches (``torch.hub.get_dir()``,
 * ``clip/`` for OpenAI's CLIP ResNet-50 (CLIP-IQA).
 
 Before building anything, :func:`check_weights` lists what is missing; offline (``HF_HUB_OFFLINE=1`` or
-``--offline``) that list is the error message, so nothing waits on a network that is not there. Files are read with
-``torch.load(weights_only=True)`` (forced through ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` while pyiqa builds a metric);
+``--offline``) that list is the error message, so nothing waits on a network that is not there. Files are read in torch's
+weights-only mode (forced through ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` while pyiqa builds a metric);
 ``trust_weights=True`` lifts that for files that hold more than tensors.
 
 Deviation from pyiqa, with no effect on scores: pyiqa's MANIQA builds its ViT-B/8 with ``pretrained=True`` (an
@@ -482,8 +482,8 @@ def _build_pyiqa_module(name: str, device: Any, allow_download: bool, trust_weig
             model = pyiqa.create_metric(name, device=device, as_loss=False)
     except pickle.UnpicklingError as error:
         raise MetricUnavailableError(
-            f"{METRICS[name].label}: a weight file holds Python objects besides tensors, and seesr loads weights with "
-            f"torch.load(weights_only=True). If you trust the file, rerun with --trust-metric-weights.\n({error})"
+            f"{METRICS[name].label}: a weight file holds Python objects besides tensors, and seesr loads weights in "
+            f"torch's weights-only mode. If you trust the file, rerun with --trust-metric-weights.\n({error})"
         ) from None
     except ImportError as error:
         raise MetricUnavailableError(f"{METRICS[name].label}: a required package is missing ({error})") from None
