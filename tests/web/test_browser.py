@@ -292,3 +292,31 @@ def test_video_tab_upscales_a_clip_with_progress_previews_and_download(page, ser
     assert stream_summary(saved)["decoded"] == 6 and probe(saved).copied_streams == ["audio:aac"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve_video.png"), full_page=True)
+
+
+def test_video_tab_cancel_frees_the_device(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.pipeline.test_video import make_clip
+
+    clip = make_clip(tmp_path / "long.mp4", frames=6, audio=False)
+    page.locator("#seesr-steps input[type=number]").fill("200")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#seesr-clip input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#seesr-clip-info")).to_contain_text("6 frames")
+    page.locator("#seesr-video-run").click()
+    progress = page.locator("#seesr-clip-out").get_by_text(re.compile(r"Frame 1 of 6: step \d+ of 200"))
+    expect(progress).to_be_visible(timeout=UI_TIMEOUT_MS)  # the steps of the first frame move the bar
+    page.locator("#seesr-video-cancel").click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("clip cancelled" in line for line in server.log):
+        time.sleep(0.2)
+    assert any("clip cancelled" in line for line in server.log), "\n".join(server.log[-20:])
+
+    # the device is free again: a short photo-tab-settings clip run completes
+    page.get_by_role("tab", name="Photo").click()
+    page.locator("#seesr-steps input[type=number]").fill("1")
+    page.locator("#seesr-scale input[type=number]").fill("2")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#seesr-video-run").click()
+    expect(page.locator("#seesr-video-status")).to_contain_text("Done: 6 frames", timeout=UI_TIMEOUT_MS)

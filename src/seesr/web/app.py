@@ -297,8 +297,10 @@ class WebController:
                     should_stop=flag.is_set,
                 )
             )
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(job, ignore_errors=True)
+            if isinstance(error, RunCancelled):
+                logger.info("clip cancelled by the user")
             raise
         finally:
             with self._flags_lock:
