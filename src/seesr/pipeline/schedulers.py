@@ -34,11 +34,30 @@ __all__ = [
     "add_noise",
     "check_scheduler",
     "make_step_plan",
+    "SCHEDULER_NAMES",
+    "scheduler_from_name",
 ]
 
 #: scheduler classes the loop supports (the first is the official one)
 SUPPORTED_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
 _DETERMINISTIC_DPM = ("dpmsolver++", "dpmsolver")
+#: short names (``seesr upscale --scheduler``) -> diffusers class; "ddpm" is the official sampler
+SCHEDULER_NAMES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+
+
+def scheduler_from_name(name: str, config: Any) -> Any:
+    """A scheduler of the loop's supported kinds built from another scheduler's ``config`` (diffusers'
+    ``from_config``, so the noise schedule and timestep spacing carry over); DPM-Solver++ is the deterministic
+    multistep solver of order 2."""
+    import diffusers
+
+    if name not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    cls = getattr(diffusers, SCHEDULER_NAMES[name])
+    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name == "dpm++" else {}
+    scheduler = cls.from_config(config, **extra)
+    check_scheduler(scheduler)
+    return scheduler
 
 
 class StepPlan(Protocol):
