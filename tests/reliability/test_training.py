@@ -98,3 +98,25 @@ def test_a_checkpoint_left_by_a_kill_is_passed_over_with_a_warning(tmp_path, cap
         assert snapshot(run / "checkpoint-2") == before  # the checkpoint resumed from is read, never written
         assert (run / "checkpoint-3" / MANIFEST_NAME).is_file() and not (run / "checkpoint-3.partial").exists()
         assert (run / "DAPE.pth").is_file()
+
+
+@pytest.mark.parametrize("resume", ["latest", "checkpoint-3"])
+def test_an_old_pickle_checkpoint_is_refused_unopened(tmp_path, capsys, trained, resume):
+    """An accelerate ``save_state`` folder (custom_checkpoint_0.pkl, random_states_0.pkl, optimizer.bin, ...), every
+    file a payload, newer than the complete checkpoint-2: refused by name in one line, saying why, never opened."""
+    data, source = trained
+    run = shutil.copytree(source, tmp_path / "run")
+    marker = tmp_path / "payload-ran"
+    legacy = run / "checkpoint-3"
+    legacy.mkdir()
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        (legacy / name).write_bytes(PAYLOADS["pickle"](marker))
+    for name in ("optimizer.bin", "scheduler.bin", "model.pth"):
+        (legacy / name).write_bytes(PAYLOADS["torch-zip"](marker))
+    before = snapshot(run)
+    code = main(_args(tmp_path, data, run, 4, "--resume", resume if resume == "latest" else str(legacy)))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "checkpoint-3" in err and "pickle" in err, err
+    assert not marker.exists() and snapshot(run) == before
