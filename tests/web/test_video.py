@@ -110,6 +110,19 @@ def test_the_size_check_of_photos_applies_to_each_clip_before_work(tmp_path):
     assert runner.calls == [] and list((tmp_path / "results").iterdir()) == []
 
 
+def test_the_memory_guard_of_photos_refuses_a_clip_in_one_line_naming_it(tmp_path, monkeypatch):
+    import seesr.pipeline.batch
+
+    monkeypatch.setattr(seesr.pipeline.batch, "available_memory", lambda device=None: 1)  # 1 byte free
+    runner = FakeRunner()
+    controller = WebController(runner, output_dir=tmp_path / "results")
+    clip = _clip(tmp_path)
+    with pytest.raises(UserInputError, match=r"^holiday: 16x12 needs about .* of memory") as refused:
+        controller.run_video(clip, session="s", **VIDEO_CONTROLS)
+    assert str(tmp_path) not in str(refused.value) and "\n" not in str(refused.value)
+    assert runner.video_pipeline.calls == [] and list((tmp_path / "results").iterdir()) == []
+
+
 def test_uploads_that_are_not_usable_clips_are_refused_in_one_line(tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()

@@ -277,7 +277,9 @@ class WebController:
         clip = self._require_clip(upload)
         settings = make_settings(limits=self.limits, process_size=self.defaults.process_size, **controls).resolved()
         check_output_size(*clip.size, settings.scale, self.limits, settings.process_size)
+        from seesr.pipeline.preprocess import ProcessingSizeError
         from seesr.pipeline.video import Source
+        from seesr.utils.video_io import VideoError
 
         self._delete_old_results()
         job = self.output_dir / uuid.uuid4().hex[:16]
@@ -301,6 +303,9 @@ class WebController:
             shutil.rmtree(job, ignore_errors=True)
             if isinstance(error, RunCancelled):
                 logger.info("clip cancelled by the user")
+            if isinstance(error, (VideoError, ProcessingSizeError)):  # one line for the user, without server paths
+                message = str(error).replace(str(clip.path), clip.stem)
+                raise UserInputError(message if clip.stem in message else f"{clip.stem}: {message}") from None
             raise
         finally:
             with self._flags_lock:
