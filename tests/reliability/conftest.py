@@ -58,7 +58,7 @@ def torch_zip_payload(marker: Path) -> bytes:
 PAYLOADS = {"pickle": pickle_payload, "torch-zip": torch_zip_payload}
 
 
-def run_seesr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_seesr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m seesr ARGS`` as a user runs it (offline, one thread, the repository's sources)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
