@@ -107,6 +107,8 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, legacy):
         read_state_dict(path)
     message = _one_line(error)
     assert str(path) in message and "refused" in message and "pickled" in message
+    # the refusal names what the payload asks for, and never passes on torch's advice to allow-list it
+    assert "safe_globals" not in message and "allowlist" not in message
     with pytest.raises(WeightReadError, match="refused"):
         read_torch_object(path)
     assert not marker.exists()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ def _torch_load_error(path: Path, error: BaseException) -> WeightReadError:
     if isinstance(error, pickle.UnpicklingError) and (
         "GLOBAL" in text or "Unsupported operand" in text or "Unsupported class" in text
     ):
-        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        # name what was refused, never torch's advice to allow-list it (that would run the payload)
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported (?:operand|class) ?([^\s.,;:]*)", text)
+        detail = f"it asks for {next(g for g in found.groups() if g is not None)}" if found else "pickle code"
         return WeightReadError(
             f"{path}: refused: the file holds pickled Python objects, not plain tensors ({detail}); only safetensors "
             "and plain PyTorch state dicts are read (weights_only=True). Use the official file or convert it"
