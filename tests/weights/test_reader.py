@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 
@@ -166,3 +167,26 @@ def test_a_misnamed_safetensors_file_is_still_read(tmp_path, state):
     path = tmp_path / "diffusion_pytorch_model.bin"
     save_file(state, path)
     assert torch.equal(read_state_dict(path)["a.weight"], state["a.weight"])
+
+
+class _OpenPayload:
+    """A global torch does not block outright (it suggests allow-listing it instead)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (io.open, (str(self.marker), "w"))
+
+
+def test_refusal_does_not_pass_on_the_advice_to_allow_list_the_payload(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "payload.pth"
+    torch.save({"a": _OpenPayload(marker)}, path)
+    for reader in (read_state_dict, read_torch_object):
+        with pytest.raises(WeightReadError) as error:
+            reader(path)
+        message = _one_line(error)
+        assert "refused" in message and "io.open" in message
+        assert "safe_globals" not in message and "allowlist" not in message
+    assert not marker.exists()
