@@ -85,6 +85,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: auto)")
     parser.add_argument("--tag-batch-size", type=int, default=8, help="images per tagger call (default: 8)")
+    from seesr.cli.scaleout import add_ray_arguments
+
+    add_ray_arguments(parser, "pairs and their tags (--gt only)")
     parser.set_defaults(func=run)
     return parser
 
@@ -133,9 +136,28 @@ def _run_coco(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.failed else EXIT_OK
 
 
+def _ray_runner(args: argparse.Namespace):
+    """``prepare_dataset``'s runner for --ray: the items on the cluster's actors."""
+    from seesr.cli.scaleout import run_on_cluster
+
+    def runner(items, worker_class, worker_args, description):
+        def report(result: dict[str, str]) -> None:
+            if result["status"] == "failed":
+                print(f"seesr prepare: failed {result['message']}", file=sys.stderr)  # noqa: T201
+
+        return run_on_cluster(args, items, worker_class, worker_args, description=description, on_result=report)
+
+    return runner
+
+
 def run(args: argparse.Namespace) -> int:
     _require_scipy()
+    from seesr.cli.scaleout import check_ray_arguments
+
+    check_ray_arguments(args)
     if args.coco is not None:
+        if args.ray is not None:
+            raise CLIError("--ray prepares --gt folders; --coco runs locally", EXIT_USAGE)
         return _run_coco(args)
     if not args.gt:
         raise CLIError("pass --gt DIR [DIR ...] (HR photos) or --coco VAL2017_DIR --annotations JSON", EXIT_USAGE)
@@ -164,14 +186,15 @@ def run(args: argparse.Namespace) -> int:
         tag_batch_size=args.tag_batch_size,
     )
     try:
-        report = prepare_dataset(options)
+        report = prepare_dataset(options, runner=None if args.ray is None else _ray_runner(args))
     except PrepareError as error:
         raise CLIError(str(error), EXIT_USAGE) from None
     # Ctrl-C: seesr.cli.main prints "seesr prepare: interrupted; run the same command again to resume ..."
     for message in report.skipped_sources:
         print(f"seesr prepare: skipped {message}", file=sys.stderr)  # noqa: T201
-    for message in report.failed:
-        print(f"seesr prepare: failed {message}", file=sys.stderr)  # noqa: T201
+    if args.ray is None:  # a Ray run printed them as they came
+        for message in report.failed:
+            print(f"seesr prepare: failed {message}", file=sys.stderr)  # noqa: T201
     print(  # noqa: T201
         f"{report.total} item(s) in {options.out}: {report.written} written, {report.skipped_complete} already done, "
         f"{report.tagged} tagged" + (f", {len(report.failed)} failed" if report.failed else "")

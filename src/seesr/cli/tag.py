@@ -81,12 +81,69 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="refuse images with more pixels than this (default: 64 million)",
     )
+    from seesr.cli.scaleout import add_ray_arguments
+
+    add_ray_arguments(parser, "tagging")
     parser.set_defaults(func=run)
     return parser
 
 
 def _error(message: str) -> None:
     print(f"seesr tag: error: {message}", file=sys.stderr)  # noqa: T201
+
+
+class TagWorker:
+    """One Ray actor of ``seesr tag --ray``: the tagger, loaded once; :meth:`process` tags one image."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from seesr.utils.device import DTYPES, resolve_device
+        from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS
+        from seesr.weights.tagger import load_tagger
+
+        if args.model is None:
+            fetch_missing(args, need="tagger")  # this machine's copy of the weights
+        self.args = args
+        self.max_pixels = args.max_input_pixels or DEFAULT_MAX_INPUT_PIXELS
+        self.tagger = load_tagger(args.model, device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+
+    def process(self, item: dict[str, str]) -> dict[str, str]:
+        from seesr.utils.images import ImageReadError, load_image
+
+        try:
+            image = load_image(item["source"], max_pixels=self.max_pixels).rgb
+        except ImageReadError as error:
+            return {"status": "failed", "message": str(error).replace(item["source"], item["key"])}
+        result = self.tagger.tag([image], threshold=self.args.threshold, lang=self.args.lang)[0]
+        return {"status": "ok", "message": "", "record": json.dumps(result.to_dict(), ensure_ascii=False)}
+
+
+def _run_on_ray(args: argparse.Namespace, files: list) -> int:
+    """``seesr tag --ray``: one item per image on the cluster; lines printed in input order as they complete."""
+    from seesr.cli.scaleout import run_on_cluster
+
+    keys = [str(path) for path in files]
+    waiting: dict[str, dict[str, str]] = {}
+    printed = [0]
+    records: list[dict] = []
+
+    def emit(result: dict[str, str]) -> None:
+        waiting[result["key"]] = result
+        while printed[0] < len(keys) and keys[printed[0]] in waiting:
+            done = waiting.pop(keys[printed[0]])
+            printed[0] += 1
+            if done["status"] != "ok":
+                _error(done["message"])
+            elif args.json:
+                records.append({"path": done["key"], **json.loads(done["record"])})
+            else:
+                print(f"{done['key']}: {json.loads(done['record'])['prompt']}", flush=True)  # noqa: T201
+
+    items = [{"key": key, "source": str(path.resolve())} for key, path in zip(keys, files, strict=True)]
+    args.quiet = True  # the lines are the output: no progress bar between them
+    results = run_on_cluster(args, items, TagWorker, (args,), description="images", on_result=emit)
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, indent=2))  # noqa: T201
+    return EXIT_FAILURE if any(result["status"] != "ok" for result in results) else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
         _error(problem)
     if not files:
         return EXIT_FAILURE
+    from seesr.cli.scaleout import check_ray_arguments
+
+    check_ray_arguments(args)
+    if args.ray is not None:
+        code = _run_on_ray(args, files)
+        return EXIT_FAILURE if failed else code
 
     if args.model is None:
         fetch_missing(args, need="tagger")  # first use: download RAM + DAPE, unless --no-download

@@ -265,6 +265,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from seesr.cli.upscale_video import add_video_arguments
 
     add_video_arguments(parser)
+    from seesr.cli.scaleout import add_ray_arguments
+
+    add_ray_arguments(parser, "images")
     parser.set_defaults(func=run)
     return parser
 
@@ -345,7 +348,7 @@ def _interrupted_line(statuses: list[str], total: int, outdir: Path) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    """One process of ``--num-gpus N`` (started by :func:`seesr.utils.distributed.spawn_workers`)."""
+    """One process of ``--num-gpus N`` (started by :func:`seesr.utils.distributed.launch_local_workers`)."""
     import logging
 
     logging.basicConfig(
@@ -361,22 +364,47 @@ def _worker(args: argparse.Namespace) -> int:
         return 130
 
 
-def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
-    """The input files (earlier seesr results left out, with a note) and the problems found while expanding."""
+def result_printer(args: argparse.Namespace, statuses: list[str]):
+    """The per-file callback of a run: records each status in ``statuses`` and prints failures (and warnings, such
+    as "only the first frame of an animated GIF was used") as they happen."""
+
+    def report(result) -> None:
+        statuses.append(result.status)
+        if result.status == "failed":
+            _err(f"error: {result.message}")
+        elif result.status == "ok" and result.message and not args.quiet:
+            _err(f"warning: {result.message}")
+
+    return report
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[str], list[str]]:
+    """The local input files (earlier seesr results left out, with a note), the remote ones (URIs such as
+    ``s3://bucket/scans/``, listed; only with --ray) and the problems found while expanding."""
     from seesr.pipeline.batch import split_seesr_outputs
     from seesr.utils.images import iter_image_files
+    from seesr.utils.ray_jobs import is_remote_uri
 
-    files, problems = iter_image_files(args.inputs)
+    uris = [item for item in args.inputs if is_remote_uri(item)]
+    if uris and args.ray is None:
+        raise CLIError(f"{uris[0]}: remote inputs are read by Ray actors; add --ray", EXIT_USAGE)
+    remote: list[str] = []
+    if uris:
+        from seesr.cli.upscale_ray import list_remote_images
+
+        remote = [file for uri in uris for file in list_remote_images(uri)]
+    local = [item for item in args.inputs if item not in uris]
+    files, problems = iter_image_files(local) if local else ([], [])
     files, earlier = split_seesr_outputs(files)
     if earlier and not args.quiet and _is_main_process():
         _err(
             f"note: left out {len(earlier)} image(s) that seesr upscale wrote (their PNG metadata says so), "
             f"e.g. {earlier[0]}"
         )
-    if not files:
+    if not files and not remote:
         reasons = problems or ([f"{earlier[0]} is a result of seesr upscale"] if earlier else ["nothing matched"])
         raise CLIError("no input images: " + "; ".join(reasons), EXIT_USAGE)
-    return files, problems
+    return files, remote, problems
 
 
 def _is_main_process() -> bool:
@@ -462,10 +490,14 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. Check settings, inputs, the output folder and the model files before loading anything heavy.
     settings = _settings(args)
+    from seesr.cli.scaleout import check_ray_arguments
     from seesr.cli.upscale_video import video_inputs
 
+    check_ray_arguments(args)
     videos = video_inputs(args)  # clips and frame sequences: seesr.cli.upscale_video, once the model is loaded
-    files, problems = _inputs(args) if not videos else ([], [])
+    if videos and args.ray is not None:
+        raise CLIError("--ray upscales images; run clips and frame sequences without it", EXIT_USAGE)
+    files, remote, problems = _inputs(args) if not videos else ([], [], [])
     outdir = Path(args.outdir)
     check_output_folder(outdir)
     plan = plan_outputs(files, outdir, args.scale)  # over all inputs, also when each process takes a shard
@@ -476,13 +508,15 @@ def run(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"0 written, {len(videos)} skipped, 0 failed -> {outdir}")  # noqa: T201
             return EXIT_OK  # every clip finished earlier: do not even load the model
-    if args.skip_existing and not videos and not problems and not output_conflicts(plan):
+    if args.skip_existing and not videos and not remote and not problems and not output_conflicts(plan):
         if all(already_done(file, target) for file, target in plan.items()):
             if not args.quiet and _is_main_process():
                 print(f"0 written, {len(files)} skipped, 0 failed -> {outdir}")  # noqa: T201
             return EXIT_OK  # nothing to do: do not even load the model
     refused = _refused_by_size(files, settings)
-    if files and len(refused) == len(files):  # nothing could be upscaled: say why without loading the model
+    if (
+        files and not remote and len(refused) == len(files)
+    ):  # nothing could be upscaled: say why without loading the model
         if _is_main_process():
             for message in [*problems, *refused]:
                 _err(f"error: {message}")
@@ -491,8 +525,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     _check_model(args)
 
-    # 2. Start one process per GPU, or run here.
-    from seesr.utils.distributed import init_distributed, is_worker, spawn_workers
+    # 2. On a Ray cluster, in one process per GPU, or here.
+    if args.ray is not None:
+        from seesr.cli.upscale_ray import run_on_ray
+
+        return run_on_ray(args, settings, files, remote, problems, plan)
+    from seesr.utils.distributed import init_distributed, is_worker, launch_local_workers
 
     if args.num_gpus > 1 and not is_worker():
         import torch
@@ -501,7 +539,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(
                 f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} GPUs are visible", EXIT_USAGE
             )
-        return spawn_workers(args.num_gpus, _worker, (args,))
+        return launch_local_workers(args.num_gpus, _worker, (args,))
     try:
         context = init_distributed()
     except (ValueError, RuntimeError) as error:
@@ -517,23 +555,15 @@ def run(args: argparse.Namespace) -> int:
         context.close()
 
 
-def _run(
-    args: argparse.Namespace,
-    settings: UpscaleSettings,
-    files: list[Path],
-    problems: list[str],
-    plan: dict[Path, Path],
-    context: DistributedContext,
-) -> int:
-    """Load the model and upscale this process's share of ``files`` (all of them in a single process)."""
+def resolve_execution(args: argparse.Namespace, device) -> tuple:
+    """``(dtype, fast_config)`` for ``device`` from --dtype/--fast/--compile/--offload/--strict-fast (usage errors
+    as :class:`CLIError`)."""
     import torch
 
-    from seesr.pipeline import fast
-    from seesr.utils.device import resolve_device, resolve_dtype
+    from seesr.pipeline.execution import fast_path_config_for
+    from seesr.utils.device import resolve_dtype
 
-    outdir = Path(args.outdir)
     try:
-        device = context.device(args.device) if context.is_distributed else resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
     except (ValueError, RuntimeError) as error:
         raise CLIError(str(error), EXIT_USAGE) from None
@@ -541,7 +571,7 @@ def _run(
         _err("warning: fp16 on CPU is slow and not the exact mode; consider --dtype fp32")
     if args.offload and device.type != "cuda":
         raise CLIError("--offload needs a CUDA GPU", EXIT_USAGE)
-    fast_config = fast.fast_path_config_for(
+    fast_config = fast_path_config_for(
         device,
         args.fast,
         compile=args.compile,
@@ -556,17 +586,21 @@ def _run(
             )
     if fast_config is not None and not args.dtype:
         dtype = fast_config.dtype  # load straight into the fast path's dtype
+    return dtype, fast_config
 
-    # 2. Load the model (clear message, no traceback, when files are missing).
-    if args.quiet or not context.is_main:
-        _silence_loading()
-    from seesr.pipeline.batch import upscale_files
+
+def load_pipeline(args: argparse.Namespace, device, *, show_steps: bool) -> tuple:
+    """The pipeline of a run, as the flags ask (model, turbo, scheduler, fast path, offload), and the fields it adds
+    to every PNG record; ``(pipe, metadata_extra)``. Shared by the local run and each Ray actor."""
+    import torch
+
+    from seesr.pipeline.execution import enable_offload
     from seesr.pipeline.pipeline_seesr import SeeSRPipeline
-    from seesr.utils.logging import inner_progress_bars
     from seesr.weights.loading import ModelLoadError
     from seesr.weights.resolve import MissingWeightsError
     from seesr.weights.unet import CheckpointError
 
+    dtype, fast_config = resolve_execution(args, device)
     try:
         # offloading starts from the CPU: the whole model never has to fit on the GPU at once
         pipe = SeeSRPipeline.from_pretrained(
@@ -586,25 +620,8 @@ def _run(
     if fast_config is not None:
         pipe.enable_fast_path(fast_config)
     if args.offload:
-        fast.enable_offload(pipe, args.offload, device)
-    # the steps bar sits below the images bar: drawn on a terminal only (elsewhere it leaves ESC[A in logs)
-    show_steps = context.is_main and not args.quiet and inner_progress_bars()
+        enable_offload(pipe, args.offload, device)
     pipe.set_progress_bar_config(disable=not show_steps, leave=False, desc="steps")
-
-    # 3. Upscale this process's share of the inputs, reporting failures as they happen.
-    if context.is_main:
-        for problem in problems:
-            _err(f"error: {problem}")
-
-    done: list = []
-
-    def report(result) -> None:
-        done.append(result.status)
-        if result.status == "failed":
-            _err(f"error: {result.message}")
-        elif result.status == "ok" and result.message and not args.quiet:
-            _err(f"warning: {result.message}")  # e.g. only the first frame of an animated GIF was used
-
     extra = {
         "model": getattr(getattr(pipe, "model_location", None), "description", str(args.model)),
         "device": str(device),
@@ -615,6 +632,39 @@ def _run(
         "fast": fast_config is not None,
         "turbo": bool(args.turbo or args.turbo_model),
     }
+    return pipe, extra
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: UpscaleSettings,
+    files: list[Path],
+    problems: list[str],
+    plan: dict[Path, Path],
+    context: DistributedContext,
+) -> int:
+    """Load the model and upscale this process's share of ``files`` (all of them in a single process)."""
+    from seesr.pipeline.batch import upscale_files
+    from seesr.utils.device import resolve_device
+    from seesr.utils.logging import inner_progress_bars
+
+    # 1. The device, and the model on it (clear message, no traceback, when files are missing).
+    outdir = Path(args.outdir)
+    try:
+        device = context.device(args.device) if context.is_distributed else resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        raise CLIError(str(error), EXIT_USAGE) from None
+    if args.quiet or not context.is_main:
+        _silence_loading()
+    # the steps bar sits below the images bar: drawn on a terminal only (elsewhere it leaves ESC[A in logs)
+    pipe, extra = load_pipeline(args, device, show_steps=context.is_main and not args.quiet and inner_progress_bars())
+
+    # 2. Upscale this process's share of the inputs, reporting failures as they happen.
+    if context.is_main:
+        for problem in problems:
+            _err(f"error: {problem}")
+    done: list[str] = []
+    report = result_printer(args, done)
     if not files:  # a video run: run() found clips or frame sequences (an image run always has files)
         from seesr.cli.upscale_video import run_videos
 

@@ -36,7 +36,15 @@ from seesr.degradations.config import DegradationConfig
 from seesr.degradations.pipeline import synthesize_pair
 from seesr.utils.images import ImageReadError, load_image, save_image_atomic, write_text_atomic
 
-__all__ = ["MANIFEST_NAME", "PrepareError", "PrepareOptions", "PrepareReport", "item_name", "prepare_dataset"]
+__all__ = [
+    "MANIFEST_NAME",
+    "PrepareError",
+    "PrepareOptions",
+    "PrepareReport",
+    "PrepareWorker",
+    "item_name",
+    "prepare_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +262,30 @@ def load_teacher_tagger(source: Any, device: torch.device) -> Any:
     return load_tagger_source(source, dtype=torch.float32, device=device)
 
 
-def prepare_dataset(
-    options: PrepareOptions,
-    on_item_written: Callable[[str], None] | None = None,
-) -> PrepareReport:
-    """Build (or resume) the paired training set described by ``options``; see the module docstring.
+@dataclass
+class _Plan:
+    """What :func:`prepare_dataset` settles before writing any item (every check done, manifest written)."""
 
-    ``on_item_written(name)`` is called after each new item (used by tests to simulate an interruption).
-    """
+    out: Path
+    sources: list[Path]
+    config: DegradationConfig
+    device: torch.device
+    teacher: Any
+    report: PrepareReport
+
+    def items(self, options: PrepareOptions) -> list[tuple[int, Path]]:
+        """``(item number, source)`` of every item, epoch-major (see the module docstring)."""
+        count = len(self.sources)
+        return [
+            (epoch * count + position + 1, source)
+            for epoch in range(options.epochs)
+            for position, source in enumerate(self.sources)
+        ]
+
+
+def _plan(options: PrepareOptions) -> _Plan:
+    """Check the options, the sources and the output folder (resume only with the same settings); write the
+    manifest. Everything that can refuse the run happens here, before the long part."""
     from seesr.utils.device import resolve_device
 
     if options.mode not in MODES:
@@ -272,51 +296,114 @@ def prepare_dataset(
         raise PrepareError(f"--size must be >= 16 and a multiple of --scale ({options.scale}), got {options.size}")
     try:
         config = DegradationConfig.preset(options.preset)
-    except ValueError as error:
-        raise PrepareError(str(error)) from None
-    try:
         device = resolve_device(options.device)
     except ValueError as error:
         raise PrepareError(str(error)) from None
-
-    teacher = resolve_teacher_source(options.tagger) if options.tags else None  # fail before the long part
+    teacher = resolve_teacher_source(options.tagger) if options.tags else None
     out = Path(options.out)
     report = PrepareReport()
-    sources_paths = _usable_sources(options, report)
+    sources = _usable_sources(options, report)
     for message in report.skipped_sources:
         logger.warning("skipped %s", message)
-    sources = [str(path.resolve()) for path in sources_paths]
-    settings = options.image_settings()
+    names = [str(path.resolve()) for path in sources]
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, settings, sources)
-    _write_manifest(out, options, sources)
+    _check_manifest(out, options.image_settings(), names)
+    _write_manifest(out, options, names)
+    report.total = options.epochs * len(sources)
+    return _Plan(out, sources, config, device, teacher, report)
 
-    total = options.epochs * len(sources_paths)
-    report.total = total
-    with tqdm(total=total, desc="pairs", unit="img", disable=not options.progress) as bar:
-        for epoch in range(options.epochs):
-            for position, source in enumerate(sources_paths):
-                index = epoch * len(sources_paths) + position + 1
-                name = item_name(index)
-                if _item_complete(out, name):
-                    report.skipped_complete += 1
-                    bar.update(1)
-                    continue
-                try:
-                    tensors = _make_item(source, index, options, config, device)
-                except ImageReadError as error:
-                    report.failed.append(f"{name}: {error}")
-                    logger.error("item %s failed: %s", name, error)
-                    bar.update(1)
-                    continue
-                # gt last: an item counts as complete once all three files exist.
-                for sub in ("lr", "sr_bicubic", "gt"):
-                    save_image_atomic(tensor_to_pil(tensors[sub]), out / sub / f"{name}.png")
-                report.written += 1
-                bar.update(1)
-                if on_item_written is not None:
-                    on_item_written(name)
 
+def _write_item(out: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    # gt last: an item counts as complete once all three files exist.
+    for sub in ("lr", "sr_bicubic", "gt"):
+        save_image_atomic(tensor_to_pil(tensors[sub]), out / sub / f"{name}.png")
+
+
+def prepare_dataset(
+    options: PrepareOptions,
+    on_item_written: Callable[[str], None] | None = None,
+    *,
+    runner: Callable[..., list[dict[str, str]]] | None = None,
+) -> PrepareReport:
+    """Build (or resume) the paired training set described by ``options``; see the module docstring.
+
+    ``on_item_written(name)`` is called after each new item (used by tests to simulate an interruption).
+    ``runner``: run the items elsewhere instead of in this process: ``runner(items, worker_class, worker_args,
+    description)`` returning one result per item (``seesr prepare --ray``: :class:`PrepareWorker` on Ray actors).
+    """
+    plan = _plan(options)
+    if runner is not None:
+        return _prepare_with_runner(options, plan, runner)
+    report = plan.report
+    with tqdm(total=report.total, desc="pairs", unit="img", disable=not options.progress) as bar:
+        for index, source in plan.items(options):
+            name = item_name(index)
+            bar.update(1)
+            if _item_complete(plan.out, name):
+                report.skipped_complete += 1
+                continue
+            try:
+                tensors = _make_item(source, index, options, plan.config, plan.device)
+            except ImageReadError as error:
+                report.failed.append(f"{name}: {error}")
+                logger.error("item %s failed: %s", name, error)
+                continue
+            _write_item(plan.out, name, tensors)
+            report.written += 1
+            if on_item_written is not None:
+                on_item_written(name)
     if options.tags:
-        _tag_missing(out, options, report, lambda: load_teacher_tagger(teacher, device))
+        _tag_missing(plan.out, options, report, lambda: load_teacher_tagger(plan.teacher, plan.device))
+    return report
+
+
+class PrepareWorker:
+    """One worker of a distributed ``seesr prepare`` (a Ray actor): makes, saves and tags one item per call.
+
+    The item is the one a local run makes (its generator depends on the seed and item number alone); its tags come
+    from the same teacher, run on one image at a time instead of batches of ``--tag-batch-size``.
+    """
+
+    def __init__(self, options: PrepareOptions) -> None:
+        from seesr.utils.device import resolve_device
+
+        self.options = options
+        self.out = Path(options.out)
+        self.config = DegradationConfig.preset(options.preset)
+        self.device = resolve_device(options.device)
+        self.tagger = None
+        if options.tags:
+            self.tagger = load_teacher_tagger(resolve_teacher_source(options.tagger), self.device)
+
+    def process(self, item: dict[str, str]) -> dict[str, str]:
+        name, index, source = item["key"], int(item["index"]), Path(item["source"])
+        status = "skipped"
+        if not _item_complete(self.out, name):
+            try:
+                tensors = _make_item(source, index, self.options, self.config, self.device)
+            except ImageReadError as error:
+                return {"status": "failed", "message": f"{name}: {error}", "tagged": "0"}
+            _write_item(self.out, name, tensors)
+            status = "ok"
+        tag_file = self.out / "tag" / f"{name}.txt"
+        if self.tagger is None or tag_file.is_file():
+            return {"status": status, "message": "", "tagged": "0"}
+        result = self.tagger.tag([load_image(self.out / "gt" / f"{name}.png").rgb], mode="pipeline")[0]
+        write_text_atomic(f"{result.prompt},", tag_file)
+        return {"status": status, "message": "", "tagged": "1"}
+
+
+def _prepare_with_runner(options: PrepareOptions, plan: _Plan, runner: Callable[..., Any]) -> PrepareReport:
+    items = [
+        {"key": item_name(index), "index": str(index), "source": str(source.resolve())}
+        for index, source in plan.items(options)
+    ]
+    report = plan.report
+    for result in runner(items, PrepareWorker, (options,), "pairs"):
+        if result["status"] == "failed":
+            report.failed.append(result["message"])
+            continue
+        report.written += result["status"] == "ok"
+        report.skipped_complete += result["status"] == "skipped"
+        report.tagged += result.get("tagged") == "1"
     return report

@@ -4,8 +4,9 @@ Two ways to start the processes, same code path afterwards:
 
 * ``accelerate launch --num_processes N -m seesr upscale FOLDER ...`` (or ``torchrun``): the launcher sets
   ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``;
-* ``seesr upscale --num-gpus N ...``: :func:`spawn_workers` starts N local processes running the same command
-  with those variables set (a free port on 127.0.0.1), waits, and stops the others when one fails.
+* ``seesr upscale --num-gpus N ...``: :func:`launch_local_workers` starts N local processes with torch's elastic
+  launcher (the machinery of ``torchrun``), which sets those variables, waits, and stops the others when one
+  crashes.
 
 In each process :func:`init_distributed` reads the variables and joins a ``gloo`` process group (inference
 processes exchange only small Python objects, so no NCCL is needed; it also works on CPU). Every process takes the
@@ -17,12 +18,11 @@ which writes the one summary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
 import os
-import socket
-import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -31,18 +31,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistributedContext",
-    "free_port",
     "init_distributed",
     "is_worker",
+    "launch_local_workers",
     "shard",
-    "spawn_workers",
-    "worker_environment",
 ]
 
 T = TypeVar("T")
-
-#: environment variable marking a process started by :func:`spawn_workers` (so it does not launch again)
-WORKER_FLAG = "SEESR_DISTRIBUTED_WORKER"
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
@@ -167,121 +162,74 @@ def init_distributed(timeout: timedelta = timedelta(hours=6)) -> DistributedCont
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, group_initialised=created)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@contextlib.contextmanager
+def _quiet_launcher_logs() -> Iterator[None]:
+    """The elastic agent logs each worker's traceback and a failure table at ERROR; the worker already said in one
+    line what went wrong, so the agent's loggers are raised to CRITICAL for the launch (restored after)."""
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.launcher")]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels, strict=True):
+            item.setLevel(level)
 
 
-def worker_environment(rank: int, world_size: int, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of worker ``rank`` of a local run (what torchrun would set)."""
-    env = dict(os.environ if base is None else base)
-    env.update(
-        {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            WORKER_FLAG: "1",
-        }
-    )
-    if world_size > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
-    return env
+def _entry(target: Callable[..., int | None], arguments: tuple) -> int:
+    """Run in each worker: share the host's CPU threads between the workers, then run ``target``."""
+    import torch
+
+    world = _int_env("LOCAL_WORLD_SIZE", 1)
+    if "OMP_NUM_THREADS" not in os.environ and world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return int(target(*arguments) or 0)
 
 
-def _spawned(
-    rank: int, world_size: int, port: int, target: Callable[..., int | None], arguments: tuple, results: Any
-) -> None:
-    os.environ.update(worker_environment(rank, world_size, port))
-    code = target(*arguments)
-    results.put((rank, int(code or 0)))
+def launch_local_workers(num_processes: int, target: Callable[..., int | None], arguments: Sequence[Any] = ()) -> int:
+    """Run ``target(*arguments)`` in ``num_processes`` local processes with torch's elastic launcher (what
+    ``torchrun --nproc-per-node N`` does for a script) and wait for all of them.
 
-
-def spawn_workers(
-    num_processes: int,
-    target: Callable[..., int | None],
-    arguments: Sequence[Any] = (),
-    *,
-    timeout: float | None = None,
-    poll_interval: float = 0.1,
-) -> int:
-    """Run ``target(*arguments)`` in ``num_processes`` fresh local processes (ranks 0..N-1) and wait.
-
-    Each process gets the environment of :func:`worker_environment` (so :func:`init_distributed` joins the group
-    and :func:`is_worker` is true). ``target`` and ``arguments`` must be picklable (a module-level function); its
-    return value is the process's exit code. If one process crashes (an exception or a signal), the others are
-    stopped; a process that returns a non-zero code does not stop the others. Ctrl-C stops all of them.
-
-    Args:
-        num_processes: number of workers (e.g. GPUs).
-        target: the work of one process.
-        arguments: its positional arguments.
-        timeout: seconds after which every worker still running is killed (exit code 124).
+    Each process gets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (so
+    :func:`init_distributed` joins the group and :func:`is_worker` is true). ``target`` and ``arguments`` must be
+    picklable (a module-level function); its return value is the process's exit code. A process that raises stops
+    the others; a non-zero *returned* code (e.g. some inputs failed) does not. Ctrl-C stops all of them.
 
     Returns:
-        0 when every worker returned 0, else the first non-zero code in rank order (a crashed worker's exit code,
-        124 on timeout, 130 on Ctrl-C).
+        0 when every process returned 0, else the first non-zero code in rank order; 1 when a process crashed,
+        130 on Ctrl-C.
     """
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    context = multiprocessing.get_context("spawn")
-    results = context.SimpleQueue()
-    port = free_port()
-    workers = [
-        context.Process(
-            target=_spawned, args=(rank, num_processes, port, target, tuple(arguments), results), daemon=False
-        )
-        for rank in range(num_processes)
-    ]
-    for worker in workers:
-        worker.start()
-    codes: dict[int, int] = {}
-    deadline = None if timeout is None else time.monotonic() + timeout
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    def stop_all() -> None:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-        for worker in workers:
-            worker.join(10)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
-
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=f"seesr-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # a free port, chosen by the launcher
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
     try:
-        while True:
-            while not results.empty():
-                rank, code = results.get()
-                codes[rank] = code
-            finished = [worker for worker in workers if not worker.is_alive()]
-            # a crash (exception, signal) leaves the others waiting in a collective: stop them; a non-zero
-            # *returned* code (e.g. some inputs failed) is a normal end and the others finish their work
-            crashed = [rank for rank, worker in enumerate(workers) if worker.exitcode not in (None, 0)]
-            if crashed:
-                rank = crashed[0]
-                exit_code = workers[rank].exitcode or 1
-                logger.error("worker %d crashed (exit code %d); stopping the others", rank, exit_code)
-                stop_all()
-                return int(exit_code) if exit_code > 0 else 1
-            if len(finished) == len(workers):
-                while not results.empty():
-                    rank, code = results.get()
-                    codes[rank] = code
-                return next((code for _, code in sorted(codes.items()) if code != 0), 0)
-            if deadline is not None and time.monotonic() > deadline:
-                logger.error("workers still running after %.0f s; stopping them", timeout)
-                stop_all()
-                return 124
-            time.sleep(poll_interval)
-    except KeyboardInterrupt:
-        stop_all()
+        with _quiet_launcher_logs():
+            codes = elastic_launch(config, _entry)(target, tuple(arguments))
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        logger.error("process %d crashed (exit code %d)", rank, failure.exitcode)
+        return 1
+    except (KeyboardInterrupt, SignalException):
         return 130
+    return next((int(code) for _, code in sorted(codes.items()) if code), 0)
 
 
 def is_worker() -> bool:
-    """True inside a process started by :func:`spawn_workers` or an external launcher (``WORLD_SIZE`` > 1)."""
-    return os.environ.get(WORKER_FLAG) == "1" or _int_env("WORLD_SIZE", 1) > 1
+    """True inside a process of a multi-process run (:func:`launch_local_workers`, ``torchrun``, ``accelerate
+    launch``): ``WORLD_SIZE`` > 1."""
+    return _int_env("WORLD_SIZE", 1) > 1

@@ -1,0 +1,140 @@
+"""The ``--ray`` flags shared by ``seesr upscale``, ``seesr prepare`` and ``seesr tag``, and their one entry point.
+
+A command builds its work items and names a worker class (loaded once per actor); :func:`run_on_cluster` connects
+(or starts a local cluster), runs them with :func:`seesr.utils.ray_jobs.run_items` and turns Ray's problems into
+one-line :class:`~seesr.cli.main.CLIError` messages. See README "Scaling out".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from seesr.cli.main import EXIT_FAILURE, EXIT_USAGE, CLIError
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]``, ``--ray-actors``, ``--ray-gpus-per-actor``, ``--ray-cpus-per-actor``, ``--ray-retries``."""
+    group = parser.add_argument_group(
+        "Ray cluster (pip install 'seesr[ray]')",
+        f"Run the {what} on a pool of Ray actors, each loading the model once: one per GPU of the cluster, or one "
+        "per machine without GPUs. Results are the files a local run writes, written by the actors (on a "
+        "multi-machine cluster -o must be a folder every machine sees, e.g. a network share). A dead actor is "
+        "replaced and its item retried; --skip-existing resumes.",
+    )
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="use Ray: without ADDRESS, the cluster in RAY_ADDRESS or else a new local one; 'auto' joins the "
+        "cluster this machine is part of; or ray://HEAD:10001 / HEAD:6379",
+    )
+    group.add_argument("--ray-actors", type=_positive_int, default=None, metavar="N", help="actor pool size")
+    group.add_argument(
+        "--ray-gpus-per-actor",
+        type=_non_negative_float,
+        default=None,
+        metavar="G",
+        help="GPUs each actor reserves (default: 1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU)",
+    )
+    group.add_argument(
+        "--ray-cpus-per-actor",
+        type=_non_negative_float,
+        default=None,
+        metavar="C",
+        help="CPUs each actor reserves (default: 1 with GPUs, else the cluster's CPUs split over the actors)",
+    )
+    group.add_argument(
+        "--ray-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries of an item whose actor died holding it (default: 3); after that it is reported as failed",
+    )
+
+
+def check_ray_arguments(args: argparse.Namespace) -> None:
+    """The --ray-* flags make sense only with --ray; say so before any work."""
+    if args.ray is not None:
+        return
+    flags = {
+        "--ray-actors": args.ray_actors,
+        "--ray-gpus-per-actor": args.ray_gpus_per_actor,
+        "--ray-cpus-per-actor": args.ray_cpus_per_actor,
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            raise CLIError(f"{flag} needs --ray", EXIT_USAGE)
+
+
+def run_on_cluster(
+    args: argparse.Namespace,
+    items: Sequence[dict[str, str]],
+    worker_class: type,
+    worker_args: tuple,
+    *,
+    description: str,
+    on_result: Callable[[dict[str, str]], None] | None = None,
+) -> list[dict[str, str]]:
+    """Run ``items`` on the cluster that ``--ray`` names; one result per item, in order."""
+    from seesr.utils.ray_jobs import RayJobError, RayOptions, ray_session, run_items
+
+    options = RayOptions(
+        address=args.ray or None,
+        actors=args.ray_actors,
+        gpus_per_actor=args.ray_gpus_per_actor,
+        cpus_per_actor=args.ray_cpus_per_actor,
+        retries=max(0, args.ray_retries),
+    )
+    try:
+        with ray_session(options.address, quiet=not getattr(args, "verbose", False)):
+            return run_items(
+                items,
+                worker_class,
+                worker_args,
+                options,
+                on_result=on_result,
+                show_progress=not getattr(args, "quiet", False),
+                description=description,
+            )
+    except RayJobError as error:
+        raise CLIError(str(error), EXIT_FAILURE) from None
+    except CLIError:
+        raise
+    except Exception as error:  # an actor that cannot start (e.g. the model is missing on a node)
+        if type(error).__name__ not in ("RayTaskError", "RayActorError", "RaySystemError") and not any(
+            type(error).__module__.startswith(prefix) for prefix in ("ray.", "ray")
+        ):
+            raise
+        raise CLIError(f"the Ray run stopped: {_first_line(error)}", EXIT_FAILURE) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The innermost cause of a Ray error, in one line (Ray wraps the actor's exception with its traceback)."""
+    cause = error
+    while getattr(cause, "cause", None) is not None or cause.__cause__ is not None:
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__

@@ -1,0 +1,306 @@
+"""Run a list of work items on a Ray cluster: a pool of actors, each loading its model once (Ray Data).
+
+Every command that scales out (``seesr upscale/prepare/tag --ray``) describes its work the same way:
+
+* **items**: one ``dict`` of strings per unit of work (an input file and its target, an item number, ...), with a
+  unique ``"key"``;
+* **a worker class**: constructed once per actor (``worker_class(*worker_args)``: load the pipeline there), whose
+  ``process(item) -> dict`` does one item and returns ``{"status": "ok" | "skipped" | "failed", "message": str}``
+  plus any more string fields. It writes its outputs itself, atomically, as the local run does.
+
+:func:`run_items` feeds the items through ``Dataset.map_batches`` with an actor pool (one item per task, so every
+item is retried alone). What Ray Data already does is used as is: a dead actor is replaced (``max_restarts``) and
+the item it held is retried (``max_task_retries``); an item that keeps killing its actor is given up after
+``retries`` attempts and reported as failed while the other items go on (``DataContext.max_errored_blocks``). An
+exception inside ``process`` is caught in the actor and becomes a ``failed`` result (it is not retried: bad input
+stays bad). The driver shows one progress bar and hands each result to ``on_result`` as it arrives.
+
+:func:`ray_session` connects to a cluster (an address, ``auto``, or ``RAY_ADDRESS``) or starts a local one, and
+restores what it changed on exit. This module knows nothing about SeeSR; the workers live with their commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RayJobError",
+    "RayResources",
+    "RayOptions",
+    "is_remote_uri",
+    "plan_resources",
+    "ray_session",
+    "run_items",
+]
+
+
+class RayJobError(RuntimeError):
+    """Ray is missing, the cluster cannot be reached, or it cannot hold one actor (message meant for the user)."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray (the ``--ray*`` flags).
+
+    Attributes:
+        address: ``None`` (``RAY_ADDRESS`` if set, else a new local cluster), ``"auto"`` (the cluster this machine
+            belongs to) or ``"ray://host:10001"`` / ``"host:6379"``.
+        actors: size of the actor pool; None: one per GPU of the cluster, or one per node without GPUs.
+        gpus_per_actor: None: 1 when the cluster has GPUs, else 0. Fractions share a GPU between actors.
+        cpus_per_actor: None: 1 with GPUs; without GPUs the cluster's CPUs split evenly over the actors.
+        retries: attempts of an item whose actor died while holding it (a crash, a lost node), after the first.
+    """
+
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class RayResources:
+    """What :func:`plan_resources` decided: the pool size and what each actor reserves."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+    def describe(self) -> str:
+        unit = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.num_cpus:g} CPU"
+        return f"{self.actors} actor{'s' if self.actors != 1 else ''}, {unit} each"
+
+
+def is_remote_uri(text: str) -> bool:
+    """``s3://...``, ``gs://...``, ``hdfs://...`` (a filesystem URI for pyarrow/fsspec), not a local path."""
+    scheme, sep, _ = str(text).partition("://")
+    return bool(sep) and scheme.isalnum() and len(scheme) > 1 and scheme.lower() != "file"
+
+
+def plan_resources(options: RayOptions, cluster: dict[str, float], nodes: int, items: int) -> RayResources:
+    """The actor pool for ``items`` items on a cluster with ``cluster`` resources (``ray.cluster_resources()``).
+
+    Raises:
+        RayJobError: the cluster cannot hold one actor of the requested size.
+    """
+    total_gpus = float(cluster.get("GPU", 0.0))
+    total_cpus = float(cluster.get("CPU", 0.0))
+    gpus = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if total_gpus else 0.0)
+    if gpus > total_gpus:
+        raise RayJobError(f"each actor asks for {gpus:g} GPU but the cluster has {total_gpus:g}")
+    if options.actors is not None:
+        actors = options.actors
+    elif gpus:
+        actors = max(1, math.floor(total_gpus / gpus))
+    else:
+        actors = max(1, nodes)  # a whole model per actor: one per machine unless asked for more
+    actors = max(1, min(actors, items))
+    if options.cpus_per_actor is not None:
+        cpus = options.cpus_per_actor
+    elif gpus:
+        cpus = 1.0
+    else:
+        cpus = max(1.0, math.floor(total_cpus / actors))
+    if cpus > total_cpus:
+        raise RayJobError(f"each actor asks for {cpus:g} CPUs but the cluster has {total_cpus:g}")
+    return RayResources(actors=actors, num_cpus=cpus, num_gpus=gpus)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data needs pyarrow: fail here, in one line, when it is missing
+    except ImportError as error:
+        raise RayJobError(f"--ray needs Ray Data: pip install 'seesr[ray]' ({error})") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, *, quiet: bool = True) -> Iterator[Any]:
+    """Connect to Ray for the duration of the block (yields the ``ray`` module).
+
+    Already connected (e.g. a notebook or a test called ``ray.init``): that session is used and left open.
+    Otherwise ``address`` as in :class:`RayOptions`; a cluster this call started (or joined) is left on exit.
+    ``quiet``: the actors' own output (library warnings, loading bars) is not relayed to this terminal; their
+    results and failures come back as results either way.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    saved = {name: os.environ.get(name) for name in ("RAY_BACKEND_LOG_LEVEL",)}
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal" if quiet else "warning")
+    try:
+        with _native_stderr_quiet(quiet):  # Ray's C++ start-up lines ("Set ray log level ...")
+            ray.init(
+                address=None if address in (None, "", "local") else address,
+                include_dashboard=False,
+                logging_level=logging.ERROR if quiet else logging.WARNING,
+                log_to_driver=not quiet,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        _restore_environment(saved)
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+        raise RayJobError(f"cannot start or reach Ray at {where}: {str(error).splitlines()[0]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        _restore_environment(saved)
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet(enabled: bool) -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (what native code prints there); Python errors still raise."""
+    if not enabled:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _restore_environment(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+class _ItemMapper:
+    """The callable class Ray Data runs in each actor: builds the worker once, then one item per call."""
+
+    def __init__(self, worker_class: type, worker_args: tuple) -> None:
+        self.worker = worker_class(*worker_args)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        keys = list(batch)
+        rows = [{key: _plain(batch[key][index]) for key in keys} for index in range(len(batch["key"]))]
+        results = [self._one(row) for row in rows]
+        fields = sorted({name for result in results for name in result})
+        return {name: [str(result.get(name, "")) for result in results] for name in fields}
+
+    def _one(self, row: dict[str, str]) -> dict[str, str]:
+        try:
+            result = dict(self.worker.process(row))
+        except Exception as error:  # noqa: BLE001 - one bad item is reported, the actor goes on
+            logger.debug("item %s failed", row.get("key"), exc_info=True)
+            result = {"status": "failed", "message": f"{row.get('key')}: {type(error).__name__}: {error}"}
+        result["key"] = row["key"]
+        result.setdefault("message", "")
+        return result
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+
+
+@contextlib.contextmanager
+def _data_context(max_errored_blocks: int) -> Iterator[None]:
+    """Ray Data settings for one run (restored afterwards): our progress bar instead of Ray's, and failed items
+    reported instead of failing the whole run."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    names = ("max_errored_blocks", "enable_progress_bars", "print_on_execution_start", "enable_auto_log_stats")
+    saved = {name: getattr(context, name) for name in names}
+    context.max_errored_blocks = max_errored_blocks
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+        data_logger.setLevel(level)
+
+
+def run_items(
+    items: Sequence[dict[str, str]],
+    worker_class: type,
+    worker_args: tuple,
+    options: RayOptions,
+    *,
+    on_result: Callable[[dict[str, str]], None] | None = None,
+    show_progress: bool = True,
+    description: str = "items",
+) -> list[dict[str, str]]:
+    """Process ``items`` on the connected Ray cluster (see the module docstring); one result per item, in order.
+
+    An item whose actor died more than ``options.retries`` times gets ``status`` ``"failed"`` with a message
+    saying so. Must run inside :func:`ray_session`.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    if not items:
+        return []
+    keys = [item["key"] for item in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("item keys must be unique")
+    resources = plan_resources(options, ray.cluster_resources(), len(ray.nodes()), len(items))
+    logger.debug("Ray: %s", resources.describe())
+    with warnings.catch_warnings():  # Ray 2.60 names no parameter for the retries yet, only **ray_remote_args
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = ray.data.from_items(list(items), override_num_blocks=len(items)).map_batches(
+            _ItemMapper,
+            fn_constructor_args=(worker_class, tuple(worker_args)),
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=resources.actors, max_tasks_in_flight_per_actor=1),
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+            max_restarts=-1,
+            max_task_retries=max(0, options.retries),
+        )
+    results: dict[str, dict[str, str]] = {}
+    with (
+        _data_context(max_errored_blocks=len(items)),
+        tqdm(
+            total=len(items),
+            desc=f"{description} (Ray: {resources.describe()})",
+            unit="item",
+            disable=not show_progress,
+        ) as bar,
+    ):
+        for row in dataset.iter_rows():
+            result = {name: str(_plain(value)) for name, value in row.items()}
+            results[result["key"]] = result
+            bar.update(1)
+            if on_result is not None:
+                on_result(result)
+    return [results.get(key) or _given_up(key, options.retries, on_result) for key in keys]
+
+
+def _given_up(key: str, retries: int, on_result: Callable[[dict[str, str]], None] | None) -> dict[str, str]:
+    result = {
+        "key": key,
+        "status": "failed",
+        "message": f"{key}: the Ray worker holding it died {retries + 1} times (crash, out of memory or a lost "
+        "node); given up",
+    }
+    if on_result is not None:
+        on_result(result)
+    return result
