@@ -121,20 +121,3 @@ def run_on_cluster(
             )
     except RayJobError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
-    except CLIError:
-        raise
-    except Exception as error:  # an actor that cannot start (e.g. the model is missing on a node)
-        if type(error).__name__ not in ("RayTaskError", "RayActorError", "RaySystemError") and not any(
-            type(error).__module__.startswith(prefix) for prefix in ("ray.", "ray")
-        ):
-            raise
-        raise CLIError(f"the Ray run stopped: {_first_line(error)}", EXIT_FAILURE) from None
-
-
-def _first_line(error: BaseException) -> str:
-    """The innermost cause of a Ray error, in one line (Ray wraps the actor's exception with its traceback)."""
-    cause = error
-    while getattr(cause, "cause", None) is not None or cause.__cause__ is not None:
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return lines[-1] if lines else type(cause).__name__

@@ -228,7 +228,7 @@ def _data_context(max_errored_blocks: int) -> Iterator[None]:
     context.enable_auto_log_stats = False
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
-    data_logger.setLevel(logging.ERROR)
+    data_logger.setLevel(logging.CRITICAL)  # a stopped run is one RayJobError line, not Ray's tracebacks
     try:
         yield
     finally:
@@ -285,13 +285,36 @@ def run_items(
             disable=not show_progress,
         ) as bar,
     ):
-        for row in dataset.iter_rows():
-            result = {name: str(_plain(value)) for name, value in row.items()}
-            results[result["key"]] = result
-            bar.update(1)
-            if on_result is not None:
-                on_result(result)
+        try:
+            for row in dataset.iter_rows():
+                result = {name: str(_plain(value)) for name, value in row.items()}
+                results[result["key"]] = result
+                bar.update(1)
+                if on_result is not None:
+                    on_result(result)
+        except Exception as error:
+            if not _is_ray_error(error):
+                raise
+            raise RayJobError(
+                f"the Ray run stopped after {len(results)} of {len(items)} {description}: {_innermost(error)}; "
+                "what was written is complete: rerun the same command with --skip-existing to finish"
+            ) from None
     return [results.get(key) or _given_up(key, options.retries, on_result) for key in keys]
+
+
+def _is_ray_error(error: BaseException) -> bool:
+    """An error of Ray itself (an actor that died for good, a lost node, an actor that cannot start), not one of
+    the driver's own code."""
+    return any(cls.__module__.split(".")[0] == "ray" for cls in type(error).__mro__[:-1])
+
+
+def _innermost(error: BaseException) -> str:
+    """The first line of the innermost cause (Ray wraps an actor's exception with its traceback)."""
+    cause: BaseException = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
 
 
 def _given_up(key: str, retries: int, on_result: Callable[[dict[str, str]], None] | None) -> dict[str, str]:
