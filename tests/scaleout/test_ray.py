@@ -70,6 +70,18 @@ def test_a_folder_through_ray_gives_the_local_files_and_reports_the_bad_one(clus
         assert _record(local / name) == _record(remote / name)  # settings, seed, input sha256, model, device
 
 
+def test_inputs_given_as_a_filesystem_uri_are_fetched_by_the_actors(cluster, tmp_path, capsys):
+    inputs = _inputs(tmp_path / "in", 2, corrupt=True)
+    out = tmp_path / "out"
+    # file:// goes through the same pyarrow filesystem code as s3:// or gs:// (listing, copy into the actor)
+    assert main(["upscale", inputs.resolve().as_uri() + "/", "-o", str(out), *FAST, "--ray"]) == 1
+    captured = capsys.readouterr()
+    assert "2 written, 0 skipped, 1 failed" in captured.out
+    assert f"{inputs.resolve().as_uri()}/broken.jpg" in captured.err  # named by its URI, not the actor's copy
+    assert sorted(path.name for path in out.iterdir()) == ["img0.png", "img1.png"]
+    assert _record(out / "img0.png")["input"] == "img0.png"
+
+
 def test_skip_existing_through_ray_reuses_a_local_run(cluster, tmp_path, capsys):
     inputs = _inputs(tmp_path / "in", 2)
     out = tmp_path / "out"

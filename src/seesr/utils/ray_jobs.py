@@ -81,9 +81,9 @@ class RayResources:
 
 
 def is_remote_uri(text: str) -> bool:
-    """``s3://...``, ``gs://...``, ``hdfs://...`` (a filesystem URI for pyarrow/fsspec), not a local path."""
+    """``s3://...``, ``gs://...``, ``hdfs://...``, ``file:///...``: a filesystem URI for pyarrow, not a path."""
     scheme, sep, _ = str(text).partition("://")
-    return bool(sep) and scheme.isalnum() and len(scheme) > 1 and scheme.lower() != "file"
+    return bool(sep) and scheme.isalnum() and len(scheme) > 1
 
 
 def plan_resources(options: RayOptions, cluster: dict[str, float], nodes: int, items: int) -> RayResources:
