@@ -128,7 +128,7 @@ def test_describe_error(error, line):
 def test_ctrl_c_names_the_command_and_how_to_resume(monkeypatch, tmp_path, capsys):
     import seesr.data.prepare
 
-    def interrupted(options):
+    def interrupted(options, runner=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(seesr.data.prepare, "prepare_dataset", interrupted)

@@ -129,5 +129,9 @@ def test_a_skipped_metric_is_reported_once(tmp_path, small_pair_dirs, empty_torc
     with caplog.at_level(logging.INFO):
         assert main([*argv, "--out", str(tmp_path / "r")]) == 0
     captured = capsys.readouterr()
-    lines = [line for line in (captured.out + captured.err + caplog.text).splitlines() if "skip" in line.lower() and "lpips" in line.lower()]
+    lines = [
+        line
+        for line in (captured.out + captured.err + caplog.text).splitlines()
+        if "skip" in line.lower() and "lpips" in line.lower()
+    ]
     assert len(lines) == 1 and "lpips: skipped (weights missing (offline)" in lines[0], lines

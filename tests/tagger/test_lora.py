@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from seesr.tagger.dape import DAPETagger
-from seesr.weights.tagger import load_ram_tagger
 from seesr.tagger.lora import SplitQKV, apply_dape_lora, export_dape_state_dict, merge_dape_lora
+from seesr.weights.tagger import load_ram_tagger
 from tests.tagger.conftest import CONFIGS, DAPE_PTH, RAM_PTH
 
 

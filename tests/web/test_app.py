@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import io
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from seesr.web.app import DEVICE_QUEUE, WebController, build_app, launch_app, pr
 from seesr.web.inputs import InputImage, InvalidUpload, read_payload
 from seesr.web.runner import RunCancelled
 from seesr.web.settings import DEFAULT_ADDED_PROMPT, DEFAULT_NEGATIVE_PROMPT, UserInputError, WebLimits
+from tests.net import free_port
 from tests.web.fakes import FakeRunner
 
 CONTROLS = dict(
@@ -150,16 +150,10 @@ def test_model_events_share_one_device_slot(tmp_path):
         assert by_name[name].concurrency_id == DEVICE_QUEUE and by_name[name].concurrency_limit == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_served_app_binds_locally_and_rejects_forged_paths(tmp_path):
     runner = FakeRunner()
     app = build_app(runner, output_dir=tmp_path)
-    url = launch_app(app, port=_free_port(), block=False, quiet=True)
+    url = launch_app(app, port=free_port(), block=False, quiet=True)
     try:
         assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -272,7 +266,7 @@ def test_served_uploads_and_results_stay_in_the_private_folder(tmp_path, monkeyp
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
     with private_server_folder() as folder:
         app = build_app(FakeRunner(), output_dir=folder / "results")
-        url = launch_app(app, port=_free_port(), block=False, quiet=True)
+        url = launch_app(app, port=free_port(), block=False, quiet=True)
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
                 png = io.BytesIO()

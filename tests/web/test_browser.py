@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY
+from tests.net import free_port
 from tests.web.browsers import launch_chromium, no_browser
 
 pytestmark = pytest.mark.browser
@@ -42,17 +42,11 @@ MAX_UPLOAD_MB = 1
 UI_TIMEOUT_MS = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``seesr serve`` in a subprocess; ``log`` collects its stdout and stderr."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log: list[str] = []
         self.url: str | None = None
         env = {

@@ -17,14 +17,9 @@ import pytest
 
 from seesr.cli.main import main
 from seesr.cli.serve import _is_loopback
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_help_lists_the_options(capsys):
@@ -58,7 +53,7 @@ def test_help_lists_the_options(capsys):
     ],
 )
 def test_usage_errors(argv, message, capsys):
-    port = [] if "--port" in argv else ["--port", str(_free_port())]
+    port = [] if "--port" in argv else ["--port", str(free_port())]
     assert main(["serve", *port, *argv]) == 2
     assert message in capsys.readouterr().err
 
@@ -74,7 +69,7 @@ def test_port_in_use_fails_before_loading_the_model(capsys):
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
-    assert main(["serve", "--port", str(_free_port()), "--device", "cpu", "--model", str(tmp_path)]) == 1
+    assert main(["serve", "--port", str(free_port()), "--device", "cpu", "--model", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "seesr serve: error:" in error and "is not a SeeSR model folder" in error and "Traceback" not in error
 
@@ -124,7 +119,7 @@ def test_sigterm_stops_the_server_and_removes_its_private_folder(tmp_path):
     """Issue 13 item 8: the server's files live in a 0700 folder that is gone once the server stops (SIGTERM too)."""
     parent = tmp_path / "tmp"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(parent), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    argv = ["serve", "--model", str(tmp_path), "--device", "cpu", "--port", str(_free_port())]
+    argv = ["serve", "--model", str(tmp_path), "--device", "cpu", "--port", str(free_port())]
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE_WITH_A_FAKE_MODEL, *argv],
         cwd=REPO,

@@ -28,9 +28,10 @@ from seesr.web.app import (
 from seesr.web.inputs import InputClip, InvalidUpload, read_clip_payload
 from seesr.web.runner import RunCancelled
 from seesr.web.settings import UserInputError, WebLimits
+from tests.net import free_port
 from tests.pipeline.test_video import make_clip, stream_summary
 from tests.web.fakes import FakeRunner
-from tests.web.test_app import CONTROLS, _free_port
+from tests.web.test_app import CONTROLS
 
 VIDEO_CONTROLS = {**CONTROLS, "tags_text": None, "steps": 2, "scale": 4}
 
@@ -214,7 +215,7 @@ def test_served_video_tab_upscales_an_uploaded_clip_inside_the_private_folder(tm
     clip = make_clip(tmp_path / "clip.mp4")
     with private_server_folder() as folder:
         app = build_app(FakeRunner(), output_dir=folder / "results")
-        url = launch_app(app, port=_free_port(), block=False, quiet=True)
+        url = launch_app(app, port=free_port(), block=False, quiet=True)
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
                 files = {"files": ("clip.mp4", io.BytesIO(clip.read_bytes()))}

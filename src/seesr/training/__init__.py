@@ -21,8 +21,9 @@ Python use::
     result.final_model_dir  # a bundle that SeeSRPipeline.from_pretrained and `seesr upscale --model` load
 
 Distributed training runs the same command under ``accelerate launch`` (one process per GPU, any number of
-nodes). Tested: one process, and DDP with 2 CPU processes over gloo
-(``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m seesr train ...``). Launch configs for
+nodes). Tested: one process, DDP with 2 CPU processes over gloo
+(``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m seesr train ...``), and the multi-node
+launch (``--num_machines 2 --machine_rank 0|1 --main_process_ip ...``) as two one-process machines. Launch configs for
 DDP, FSDP and DeepSpeed ZeRO-2 ship next to the training templates (``seesr train seesr
 --print-accelerate-config ddp|fsdp|deepspeed``); under FSDP/DeepSpeed checkpoints use accelerate's own format
 (resuming from it unpickles, so it needs ``train.allow_pickle_resume: true``), the final export gathers the whole

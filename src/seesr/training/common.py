@@ -40,7 +40,8 @@ class TrainResult:
         output_dir: the run folder (checkpoints, logs, final model).
         global_step: optimisation steps completed, including those before a resume.
         losses: ``{step: loss}`` for the steps run by *this* call (mean over processes and accumulation).
-        final_model_dir: the exported model folder (None when the run stopped before ``max_train_steps``).
+        final_model_dir: the exported model folder, on the main process (None on the others, and when the run
+            stopped before ``max_train_steps``).
         models: the trained modules of this process, unwrapped (stage 2: ``unet``, ``controlnet``; stage 1:
             ``student``), for use right after training in the same Python process.
         extra_losses: other per-step scalars by name (stage 1: ``loss_above_floor`` = feature term + λ·KL, the

@@ -395,11 +395,11 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     # 8. Save: official unet/ + controlnet/ (separate folders) and a complete model folder. The frozen parts are
     #    written from their float32 sources, never from the copies cast to the AMP dtype for training.
     accelerator.wait_for_everyone()
-    final_dir = None
+    final_dir = None  # set on the main process, the one that writes the model
     if global_step >= max_train_steps:
-        final_dir = output_dir / "model"
         final_unet, final_controlnet = _final_models(accelerator, module, config)
         if accelerator.is_main_process:
+            final_dir = output_dir / "model"
             nn.Module.to(final_unet, dtype=torch.float32)
             nn.Module.to(final_controlnet, dtype=torch.float32)
             if not config.model.keep_frozen_unet_fp32 and weight_dtype != torch.float32:

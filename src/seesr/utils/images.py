@@ -277,9 +277,14 @@ def save_image_atomic(
             raise FileExistsError(f"{destination}: refusing to overwrite the input image")
     destination.parent.mkdir(parents=True, exist_ok=True)
     suffix = destination.suffix.lower() or ".png"
-    file_format = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
-        suffix, "PNG"
-    )
+    file_format = {
+        ".png": "PNG",
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".webp": "WEBP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+    }.get(suffix, "PNG")
     save_kwargs: dict = {}
     if file_format == "PNG" and metadata:
         info = PngImagePlugin.PngInfo()

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -309,12 +310,20 @@ def _is_ray_error(error: BaseException) -> bool:
 
 
 def _innermost(error: BaseException) -> str:
-    """The first line of the innermost cause (Ray wraps an actor's exception with its traceback)."""
+    """The actor's own error in one line. Ray wraps it (an ``ActorDiedError`` inside a ``SystemException``, chained
+    by ``__cause__`` or ``__context__``) and puts the actor's traceback in the text: the last
+    ``Name: message`` line of the innermost error is what the actor raised."""
     cause: BaseException = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    while (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED_LINE.match(line)]
+    if raised:
+        return raised[-1]
     return lines[0] if lines else type(cause).__name__
+
+
+_RAISED_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b[^:]*: \S")
 
 
 def _given_up(key: str, retries: int, on_result: Callable[[dict[str, str]], None] | None) -> dict[str, str]:
