@@ -93,6 +93,32 @@ def test_skip_existing_through_ray_reuses_a_local_run(cluster, tmp_path, capsys)
     assert (out / "img0.png").stat().st_mtime_ns == before
 
 
+def _model_with_a_truncated_unet(folder: Path) -> Path:
+    folder.mkdir()
+    for part in TINY.iterdir():
+        if part.name != "unet":
+            (folder / part.name).symlink_to(part)
+    (folder / "unet").mkdir()
+    shutil.copy(TINY / "unet" / "config.json", folder / "unet" / "config.json")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 1000)
+    return folder
+
+
+def test_workers_that_cannot_load_the_model_stop_the_run_in_one_line(cluster, tmp_path, monkeypatch, capsys):
+    _inputs(tmp_path / "in", 2)
+    _model_with_a_truncated_unet(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)  # a relative --model: the actors (started elsewhere) get it made absolute
+    fast = [*FAST[2:], "--model", "model"]
+    assert main(["upscale", "in", "-o", "out", *fast, "--ray"]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("seesr upscale: error: the Ray workers could not start: cannot load the UNet from ")
+    assert f"{tmp_path / 'model' / 'unet'}" in lines[0] and "corrupt or truncated" in lines[0]
+    assert "Traceback" not in captured.err + captured.out and "(raylet)" not in captured.out
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def _actor_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from seesr.cli.main import EXIT_FAILURE, EXIT_USAGE, CLIError
 
@@ -121,3 +122,18 @@ def run_on_cluster(
             )
     except RayJobError as error:
         raise CLIError(str(error), EXIT_FAILURE) from None
+
+
+def with_absolute_paths(args: argparse.Namespace, *names: str) -> argparse.Namespace:
+    """A copy of ``args`` whose named options, when they are local paths, are absolute: a Ray actor may run in
+    another folder (or on another machine that mounts the same share), where a relative ``--model`` means nothing."""
+    from seesr.utils.ray_jobs import is_remote_uri
+
+    values = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not is_remote_uri(str(value)) and Path(value).exists():
+            values[name] = (
+                type(value)(Path(value).resolve()) if isinstance(value, Path) else str(Path(value).resolve())
+            )
+    return argparse.Namespace(**{**vars(args), **values})

@@ -119,7 +119,7 @@ class TagWorker:
 
 def _run_on_ray(args: argparse.Namespace, files: list) -> int:
     """``seesr tag --ray``: one item per image on the cluster; lines printed in input order as they complete."""
-    from seesr.cli.scaleout import run_on_cluster
+    from seesr.cli.scaleout import run_on_cluster, with_absolute_paths
 
     keys = [str(path) for path in files]
     waiting: dict[str, dict[str, str]] = {}
@@ -140,7 +140,9 @@ def _run_on_ray(args: argparse.Namespace, files: list) -> int:
 
     items = [{"key": key, "source": str(path.resolve())} for key, path in zip(keys, files, strict=True)]
     args.quiet = True  # the lines are the output: no progress bar between them
-    results = run_on_cluster(args, items, TagWorker, (args,), description="images", on_result=emit)
+    results = run_on_cluster(
+        args, items, TagWorker, (with_absolute_paths(args, "model"),), description="images", on_result=emit
+    )
     if args.json:
         print(json.dumps(records, ensure_ascii=False, indent=2))  # noqa: T201
     return EXIT_FAILURE if any(result["status"] != "ok" for result in results) else EXIT_OK

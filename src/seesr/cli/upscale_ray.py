@@ -139,7 +139,7 @@ def run_on_ray(
     plan: dict[Path, Path],
 ) -> int:
     """``seesr upscale --ray``: plan, run on the cluster, report; the exit code of a local run."""
-    from seesr.cli.scaleout import run_on_cluster
+    from seesr.cli.scaleout import run_on_cluster, with_absolute_paths
     from seesr.cli.upscale import _err, result_printer
 
     outdir = Path(args.outdir)
@@ -152,7 +152,7 @@ def run_on_ray(
         args,
         items,
         UpscaleActor,
-        (args, settings),
+        (with_absolute_paths(args, "model"), settings),
         description="images",
         on_result=lambda result: printer(argparse.Namespace(status=result["status"], message=result["message"])),
     )

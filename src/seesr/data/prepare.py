@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +399,10 @@ def _prepare_with_runner(options: PrepareOptions, plan: _Plan, runner: Callable[
         for index, source in plan.items(options)
     ]
     report = plan.report
+    # absolute paths: an actor may run in another folder, or on another machine that mounts the same share
+    options = replace(
+        options, out=options.out.resolve(), tagger=None if options.tagger is None else options.tagger.resolve()
+    )
     for result in runner(items, PrepareWorker, (options,), "pairs"):
         if result["status"] == "failed":
             report.failed.append(result["message"])

@@ -136,7 +136,8 @@ def ray_session(address: str | None, *, quiet: bool = True) -> Iterator[Any]:
     """
     ray = _import_ray()
     if ray.is_initialized():
-        yield ray
+        with _cluster_notices_logged(quiet):
+            yield ray
         return
     saved = {name: os.environ.get(name) for name in ("RAY_BACKEND_LOG_LEVEL",)}
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal" if quiet else "warning")
@@ -153,10 +154,35 @@ def ray_session(address: str | None, *, quiet: bool = True) -> Iterator[Any]:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise RayJobError(f"cannot start or reach Ray at {where}: {str(error).splitlines()[0]}") from None
     try:
-        yield ray
+        with _cluster_notices_logged(quiet):
+            yield ray
     finally:
         ray.shutdown()
         _restore_environment(saved)
+
+
+@contextlib.contextmanager
+def _cluster_notices_logged(enabled: bool) -> Iterator[None]:
+    """Ray's driver prints the cluster's notices to *stdout* (e.g. a task retry: "(raylet) Task ... failed. There
+    are 3 retries remaining", with the actor's whole traceback), which would garble ``seesr tag --json``. For the
+    block they go to this module's debug log instead; the run's own summary says what failed and why. (Ray has no
+    setting for this: its printer, ``ray._private.worker.print_to_stdstream``, is swapped and put back.)"""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if not enabled or original is None:
+        yield
+        return
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            logger.debug("ray (%s): %s", data.get("pid", "?"), line)
+
+    ray_worker.print_to_stdstream = to_log
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
 
 
 @contextlib.contextmanager
@@ -296,10 +322,7 @@ def run_items(
         except Exception as error:
             if not _is_ray_error(error):
                 raise
-            raise RayJobError(
-                f"the Ray run stopped after {len(results)} of {len(items)} {description}: {_innermost(error)}; "
-                "what was written is complete: rerun the same command with --skip-existing to finish"
-            ) from None
+            raise RayJobError(_stop_message(error, len(results), len(items), description)) from None
     return [results.get(key) or _given_up(key, options.retries, on_result) for key in keys]
 
 
@@ -309,21 +332,41 @@ def _is_ray_error(error: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] == "ray" for cls in type(error).__mro__[:-1])
 
 
-def _innermost(error: BaseException) -> str:
-    """The actor's own error in one line. Ray wraps it (an ``ActorDiedError`` inside a ``SystemException``, chained
-    by ``__cause__`` or ``__context__``) and puts the actor's traceback in the text: the last
-    ``Name: message`` line of the innermost error is what the actor raised."""
-    cause: BaseException = error
-    while (cause.__cause__ or cause.__context__) is not None:
-        cause = cause.__cause__ or cause.__context__
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    raised = [line for line in lines if _RAISED_LINE.match(line)]
-    if raised:
-        return raised[-1]
-    return lines[0] if lines else type(cause).__name__
+def _stop_message(error: BaseException, done: int, total: int, description: str) -> str:
+    cause = _actor_error(error)
+    if "error raised in its creation task" in str(error) and not done:  # the worker's constructor failed
+        return f"the Ray workers could not start: {cause}"
+    return (
+        f"the Ray run stopped after {done} of {total} {description}: {cause}; what was written is complete: "
+        "rerun the same command with --skip-existing to finish"
+    )
 
 
-_RAISED_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b[^:]*: \S")
+def _actor_error(error: BaseException) -> str:
+    """What the actor raised, in one line. Ray chains its own exceptions (an ``ActorDiedError`` caused by a
+    ``SystemException``, ...) and puts the actor's traceback in their text: the last ``Name: message`` line there
+    is the actor's own error (a ``CLIError`` is already a message for the user and loses its name)."""
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and all(link is not seen for seen in chain):
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    texts = [_ANSI.sub("", str(link)) for link in chain]
+    for text in texts:
+        raised = [line.strip() for line in text.splitlines() if _RAISED_LINE.match(line.strip())]
+        if raised:
+            name, _, message = raised[-1].partition(": ")
+            name = name.rsplit(".", 1)[-1]
+            return message if name == "CLIError" else f"{name}: {message}"
+    for text in reversed(texts):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[0]
+    return type(error).__name__
+
+
+_RAISED_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^:\s]*: \S")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _given_up(key: str, retries: int, on_result: Callable[[dict[str, str]], None] | None) -> dict[str, str]:
