@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -65,6 +66,20 @@ def test_run_saves_png_with_metadata_and_same_size_comparison(tmp_path):
     assert output.after_path.name == "cat_seesr_x4.png" and output.after_path.parent.parent == tmp_path
     assert "`armchair`" in output.summary_markdown and "| Seed | 231 |" in output.summary_markdown
     assert "24×16 → 96×64" in output.summary_markdown and output.seed == 231
+
+
+def test_old_results_are_deleted_but_never_the_users_own_folders(tmp_path):
+    controller = WebController(FakeRunner(), output_dir=tmp_path)
+    old = controller.run(_input(), session="s", **CONTROLS).after_path.parent
+    users = tmp_path / "holiday-2019"  # a folder of the user's, in the folder they gave as output_dir
+    users.mkdir()
+    (users / "beach.png").write_bytes(b"a photo")
+    three_hours_ago = time.time() - 3 * 3600
+    for folder in (old, users):
+        os.utime(folder, (three_hours_ago, three_hours_ago))
+    new = controller.run(_input(), session="s", **CONTROLS).after_path.parent
+    assert not old.exists() and new.is_dir()
+    assert (users / "beach.png").read_bytes() == b"a photo"
 
 
 def test_random_seed_is_reported(tmp_path):

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 DEVICE_QUEUE = "seesr-device"  # concurrency id shared by every event that runs a model
 RESULT_MAX_AGE_S = 2 * 3600  # results older than this are deleted when a new one is written
+RESULT_MARKER = ".seesr-web-result"  # in every result folder the app makes: the only folders it deletes
 OUT_OF_MEMORY_MESSAGE = (
     "The server ran out of memory for this image ({error}). Try a smaller scale or tile size, or a smaller image."
 )
@@ -281,9 +282,7 @@ class WebController:
         from seesr.pipeline.video import Source
         from seesr.utils.video_io import VideoError
 
-        self._delete_old_results()
-        job = self.output_dir / uuid.uuid4().hex[:16]
-        job.mkdir(parents=True)
+        job = self._new_result_folder()
         flag = self._stop_flag(session)
         flag.clear()
         tracker = _FrameTracker(job, flag, on_progress, clip.frames)
@@ -377,9 +376,7 @@ class WebController:
             return self._stop_flags.setdefault(session, threading.Event())
 
     def _save(self, image: InputImage, result: UpscaleResult) -> tuple[Path, Path]:
-        self._delete_old_results()
-        folder = self.output_dir / uuid.uuid4().hex[:16]
-        folder.mkdir(parents=True)
+        folder = self._new_result_folder()
         scale = result.settings.scale
         output = result.image.convert("RGB")
         if image.alpha is not None:  # carry transparency over, upscaled like the pixels
@@ -390,12 +387,19 @@ class WebController:
         before_path = save_image_atomic(before, folder / f"{image.stem}_bicubic_x{scale}.png")
         return before_path, after_path
 
-    def _delete_old_results(self) -> None:
+    def _new_result_folder(self) -> Path:
+        """A fresh folder for one result, marked as the app's own; the app's results older than
+        :data:`RESULT_MAX_AGE_S` are deleted first. Only marked folders are ever deleted: ``output_dir`` may be a
+        folder of the user's, with their own subfolders in it."""
         cutoff = time.time() - RESULT_MAX_AGE_S
         for folder in self.output_dir.iterdir():
             with contextlib.suppress(OSError):
-                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                if (folder / RESULT_MARKER).is_file() and folder.stat().st_mtime < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
+        folder = self.output_dir / uuid.uuid4().hex[:16]
+        folder.mkdir(parents=True)
+        (folder / RESULT_MARKER).write_text("a result of the seesr web UI, deleted after two hours\n")
+        return folder
 
 
 class _FrameTracker:
