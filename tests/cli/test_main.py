@@ -114,6 +114,10 @@ def test_cli_error_keeps_its_exit_code_and_message(tmp_path, capsys):
             "error: x.yaml: no such file or directory; check",
         ),
         (MemoryError(), "error: out of memory; try a smaller input"),
+        (  # PyTorch's CPU allocator raises a plain RuntimeError
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 9 bytes"),
+            "error: out of memory ([enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator",
+        ),
         (ValueError("photo.png: a 3x100000 image is too large"), "error: photo.png: a 3x100000 image is too large"),
     ],
 )

@@ -170,6 +170,34 @@ def test_video_usage_errors(tmp_path, capsys):
     assert (tmp_path / "mine" / "clip.mp4").read_bytes() == b"someone's video"
 
 
+def test_a_clip_out_of_memory_or_with_a_taken_name_is_reported_and_the_next_goes_on(tmp_path, monkeypatch, capsys):
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    first = make_clip(tmp_path / "a" / "clip.mp4", frames=2, audio=False)
+    same_name = make_clip(tmp_path / "b" / "clip.mp4", frames=2, audio=False)
+    other = make_clip(tmp_path / "c" / "other.mp4", frames=2, audio=False)
+    same_before = same_name.read_bytes()
+    original = video_module._upscale_with_retries
+    calls = []
+
+    def first_call_runs_out_of_memory(pipe, image, settings, seed, tags):
+        calls.append(seed)
+        if len(calls) == 1:  # what PyTorch's CPU allocator raises
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return original(pipe, image, settings, seed, tags)
+
+    monkeypatch.setattr(video_module, "_upscale_with_retries", first_call_runs_out_of_memory)
+    out = tmp_path / "out"
+    assert upscale(str(first), str(same_name), str(other), "-o", str(out)) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"error: {first}: out of memory") and "--skip-existing" in errors[0]
+    # two clips named clip would share OUTDIR/clip.frames/ and OUTDIR/clip.mp4: the second is refused
+    assert errors[1].startswith(f"error: {same_name}: same output name as {first}")
+    assert stream_summary(out / "other.mp4")["decoded"] == 2
+    assert not (out / "clip.mp4").exists() and same_name.read_bytes() == same_before
+
+
 def test_help_documents_the_video_flags(capsys):
     assert main(["upscale", "--help"]) == 0
     text = capsys.readouterr().out

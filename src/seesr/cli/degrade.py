@@ -88,14 +88,13 @@ def _output_folder(output: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     _require_scipy()
-    import torch
     from tqdm.auto import tqdm
 
     from seesr.data.datasets import item_generator
     from seesr.data.transforms import pil_to_tensor, random_crop_gt, tensor_to_pil
     from seesr.degradations import DegradationConfig, degrade, sharpen_gt
     from seesr.degradations.pipeline import MIN_HR_SIZE
-    from seesr.utils.device import resolve_device
+    from seesr.utils.device import is_out_of_memory, resolve_device
     from seesr.utils.images import ImageReadError, iter_image_files, load_image, save_image_atomic
 
     if args.scale < 1:
@@ -144,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as error:
             failures += 1
             print(f"seesr degrade: {path}: {error.strerror or error}", file=sys.stderr)  # noqa: T201
-        except (torch.cuda.OutOfMemoryError, MemoryError):
+        except (RuntimeError, MemoryError) as error:  # the CPU allocator's failure is a RuntimeError
+            if not is_out_of_memory(error):
+                raise
             failures += 1
             print(f"seesr degrade: {path}: out of memory (try --crop 512 or a smaller image)", file=sys.stderr)  # noqa: T201
     print(f"wrote {written} LR image(s) to {output}" + (f"; {failures} problem(s)" if failures else ""))  # noqa: T201

@@ -107,12 +107,22 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _torch_out_of_memory(error: BaseException) -> bool:
+    """PyTorch's allocator failures that are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate memory").
+    Asked only when torch is loaded already: describing an error never imports it."""
+    if not isinstance(error, RuntimeError) or "torch" not in sys.modules:
+        return False
+    from seesr.utils.device import is_out_of_memory
+
+    return is_out_of_memory(error)
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """The one line printed after ``seesr COMMAND: `` for ``error``, and the exit code."""
     names = _class_names(error)
     if isinstance(error, CLIError):
         return f"error: {error}", error.exit_code
-    if names & {"builtins.MemoryError", "torch.OutOfMemoryError"}:
+    if names & {"builtins.MemoryError", "torch.OutOfMemoryError"} or _torch_out_of_memory(error):
         detail = _first_line(str(error))
         return "error: out of memory" + (f" ({detail})" if detail else "") + (
             "; try a smaller input, a smaller --latent-tile-size or --offload model"

@@ -147,7 +147,8 @@ def _err(message: str) -> None:
 
 def run_videos(pipe: Any, args: argparse.Namespace, settings: Any, extra: dict[str, Any]) -> int:
     """Upscale each clip or sequence in turn; a clip that fails is reported in one line and the next one goes on."""
-    from seesr.pipeline.video import open_source, upscale_video
+    from seesr.pipeline.video import open_source, upscale_video, work_folder
+    from seesr.utils.device import is_out_of_memory
     from seesr.utils.video_io import VideoError, pick_codec
 
     video = _video_settings(args)
@@ -160,9 +161,16 @@ def run_videos(pipe: Any, args: argparse.Namespace, settings: Any, extra: dict[s
             raise CLIError(str(error), EXIT_USAGE) from None
     outdir = Path(args.outdir)
     failed = 0
+    claimed: dict[str, str] = {}  # output name -> the input that has it: OUTDIR/<name>.<ext> and <name>.frames/
     for item in args.inputs:
         try:
             source = open_source(item)
+            if source.name in claimed:
+                raise ValueError(
+                    f"same output name as {claimed[source.name]} ({outdir / source.name}.*, "
+                    f"{work_folder(source, outdir).name}/); rename one of them or upscale them into different -o folders"
+                )
+            claimed[source.name] = str(item)
             result = upscale_video(
                 pipe,
                 source,
@@ -179,6 +187,15 @@ def run_videos(pipe: Any, args: argparse.Namespace, settings: Any, extra: dict[s
         except (VideoError, ValueError, OSError) as error:
             failed += 1
             _err(f"error: {item}: {error}" if str(item) not in str(error) else f"error: {error}")
+            continue
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            failed += 1
+            _err(
+                f"error: {item}: out of memory (even with small tiles); its finished frames are kept in {outdir}: "
+                "lower --scale or --process-size, or free memory, and rerun with --skip-existing"
+            )
             continue
         for line in result.corrupt:
             _err(f"warning: {line}")
