@@ -103,6 +103,20 @@ def probe(path: Path) -> VideoInfo:
         raise VideoError(f"{path}: cannot read video ({error})") from None
 
 
+def count_frames(path: Path) -> int:
+    """Frames of the first video stream, from its packets (demuxed, not decoded: fast, and as exact as the container
+    is: an undecodable frame is counted, as ``upscale_video`` counts it)."""
+    av = _av()
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for packet in container.demux(container.streams.video[0]):
+                count += 1 if packet.size else 0
+    except av.error.FFmpegError as error:
+        raise VideoError(f"{path}: cannot read video ({error})") from None
+    return count
+
+
 def iter_video_frames(path: Path) -> Iterator[FrameItem]:
     """Decode the first video stream frame by frame (RGB, unrotated pixels: rotation stays metadata).
 

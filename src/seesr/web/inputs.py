@@ -180,7 +180,7 @@ def read_clip_payload(
     if path is None:
         return InvalidUpload("the clip must be uploaded, not referenced by a URL")
     label = Path(name).name if name else "the uploaded clip"
-    from seesr.utils.video_io import VideoError, probe
+    from seesr.utils.video_io import VideoError, count_frames, probe
 
     try:
         size = os.path.getsize(path)
@@ -200,22 +200,6 @@ def read_clip_payload(
     if frames == 0:
         return InvalidUpload(f"{label}: the clip has no video frames")
     return InputClip(Path(path), info, frames, safe_stem(name, fallback="clip"))
-
-
-def count_frames(path: Path) -> int:
-    """Frames of the first video stream, from its packets (demuxed, not decoded: fast, and as exact as the container
-    is: an undecodable frame is counted, as ``upscale_video`` counts it)."""
-    from seesr.utils.video_io import VideoError, _av
-
-    av = _av()
-    count = 0
-    try:
-        with av.open(str(path)) as container:
-            for packet in container.demux(container.streams.video[0]):
-                count += 1 if packet.size else 0
-    except av.error.FFmpegError as error:
-        raise VideoError(f"{path}: cannot read video ({error})") from None
-    return count
 
 
 def read_payload(
