@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,15 @@ def test_tags_are_base_ram_on_the_saved_gt(tagged, base_ram, dape_ram):
     assert [r.prompt for r in base] != [r.prompt for r in dape]  # so the test can tell the teacher from DAPE
 
 
-def test_bundle_folder_gives_the_teacher_without_dape(tagged, hr_folder, tmp_path):
-    """The release bundle holds ram/DAPE.pth; the teacher must still be the plain RAM."""
+def test_bundle_folder_gives_the_teacher_without_dape(tagged, hr_folder, tmp_path, caplog):
+    """The release bundle holds ram/DAPE.pth; the teacher must still be the plain RAM (as intended: no warning
+    that DAPE.pth was "not found" beside a DAPE.pth)."""
     source = resolve_teacher_source(TINY)
     assert source.dape_path is None and source.ram_path == RAM_FILE and source.config_dir == CONFIGS
     out = tmp_path / "bundle"
-    prepare_dataset(tag_options(hr_folder, out, TINY))
+    with caplog.at_level(logging.WARNING):
+        prepare_dataset(tag_options(hr_folder, out, TINY))
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
     for path in sorted((tagged / "tag").glob("*.txt")):
         assert (out / "tag" / path.name).read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
 

@@ -259,7 +259,7 @@ def load_teacher_tagger(source: Any, device: torch.device) -> Any:
     """The teacher tagger (float32, eval) from a source given by :func:`resolve_teacher_source`."""
     from seesr.weights.tagger import load_tagger_source
 
-    return load_tagger_source(source, dtype=torch.float32, device=device)
+    return load_tagger_source(source, dtype=torch.float32, device=device, plain_ram=True)
 
 
 @dataclass

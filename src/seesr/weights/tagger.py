@@ -282,8 +282,12 @@ def load_tagger_source(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     require_dape: bool = False,
+    plain_ram: bool = False,
 ) -> DAPETagger:
-    """The tagger of a resolved :class:`TaggerSource`, in eval mode (``dtype`` None = float32)."""
+    """The tagger of a resolved :class:`TaggerSource`, in eval mode (``dtype`` None = float32).
+
+    Without a DAPE checkpoint in ``source`` the tagger is plain RAM: an error with ``require_dape``, a warning
+    unless ``plain_ram`` says that is what the caller wants (the official tags of ``seesr prepare``)."""
     dtype = dtype or torch.float32
     device = device or "cpu"
     if source.pretrained_dir is not None:
@@ -295,9 +299,12 @@ def load_tagger_source(
                     f"{DAPE_CHECKPOINT_NAME} not found next to {source.ram_path}: put {_official_files_hint()} in "
                     f"{source.ram_path.parent}, or get them with `seesr download`"
                 )
-            logger.warning(
-                "%s not found next to %s: using plain RAM without the DAPE LoRA", DAPE_CHECKPOINT_NAME, source.ram_path
-            )
+            if not plain_ram:
+                logger.warning(
+                    "%s not found next to %s: using plain RAM without the DAPE LoRA",
+                    DAPE_CHECKPOINT_NAME,
+                    source.ram_path,
+                )
         tagger = load_ram_tagger(source.ram_path, source.dape_path, source.config_dir, dtype=dtype, device=device)
     logger.debug("tagger loaded from %s", source.describe())
     return tagger
