@@ -102,8 +102,9 @@ def test_yaml_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("seesr", tmp_path / "missing.yaml")
     path.write_text("model: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML: line 2, column 1: ") as raised:
         load_config("seesr", path)
+    assert "\n" not in str(raised.value)  # one line, where and what
 
 
 def test_run_record(tmp_path):

@@ -504,6 +504,14 @@ def apply_overrides(config: ConfigT, overrides: list[str] | tuple[str, ...]) -> 
     return config
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report in one line: where (1-based line and column) and what."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
 def load_config(
     stage: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), validate: bool = True
 ) -> Any:
@@ -525,7 +533,7 @@ def load_config(
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
         _merge(config, values)
     apply_overrides(config, list(overrides))
     if validate:
