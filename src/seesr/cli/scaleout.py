@@ -11,27 +11,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from seesr.cli.argtypes import non_negative_float, positive_int
 from seesr.cli.main import EXIT_FAILURE, EXIT_USAGE, CLIError
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
-    return number
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return number
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -52,17 +33,17 @@ def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         help="use Ray: without ADDRESS, the cluster in RAY_ADDRESS or else a new local one; 'auto' joins the "
         "cluster this machine is part of; or ray://HEAD:10001 / HEAD:6379",
     )
-    group.add_argument("--ray-actors", type=_positive_int, default=None, metavar="N", help="actor pool size")
+    group.add_argument("--ray-actors", type=positive_int, default=None, metavar="N", help="actor pool size")
     group.add_argument(
         "--ray-gpus-per-actor",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         metavar="G",
         help="GPUs each actor reserves (default: 1 when the cluster has GPUs, else 0; 0.5 puts two on a GPU)",
     )
     group.add_argument(
         "--ray-cpus-per-actor",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         metavar="C",
         help="CPUs each actor reserves (default: 1 with GPUs, else the cluster's CPUs split over the actors)",

@@ -11,28 +11,9 @@ import argparse
 import json
 import sys
 
+from seesr.cli.argtypes import positive_int, probability
 from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -58,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_no_download_argument(parser)
     parser.add_argument(
         "--threshold",
-        type=_probability,
+        type=probability,
         metavar="P",
         help="one probability threshold for every tag (default: RAM's official per-tag thresholds)",
     )
@@ -72,11 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="tagger precision (default: fp32, as the official inference script)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=4, metavar="N", help="images per forward pass (default: 4)"
+        "--batch-size", type=positive_int, default=4, metavar="N", help="images per forward pass (default: 4)"
     )
     parser.add_argument(
         "--max-input-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="refuse images with more pixels than this (default: 64 million)",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seesr.cli.argtypes import non_negative_int, positive_int
 from seesr.cli.convert import add_no_verify_argument, resolve_for_loading
 from seesr.cli.download import add_no_download_argument, fetch_missing
 from seesr.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError
@@ -31,26 +32,6 @@ def _tile_size(value: str) -> int | str:
     if size < 4:
         raise argparse.ArgumentTypeError(f"latent tile size must be >= 4, got {size}")
     return size
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {number}")
-    return number
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,9 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_no_download_argument(parser)
     add_no_verify_argument(parser)
-    parser.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default: 4)")
+    parser.add_argument("--scale", type=positive_int, default=4, help="upscaling factor (default: 4)")
     parser.add_argument(
-        "--steps", type=_positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
+        "--steps", type=positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
     )
     parser.add_argument(
         "--scheduler",
@@ -150,7 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--process-size",
-        type=_positive_int,
+        type=positive_int,
         default=512,
         help="minimum processing size in pixels: smaller inputs are enlarged so their short side reaches "
         "process-size/scale first (default: 512); larger inputs are NOT reduced",
@@ -165,7 +146,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--latent-tile-overlap",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="overlap between latent tiles in latent pixels (default: 4; with --turbo: 32)",
@@ -227,7 +208,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     speed.add_argument(
         "--num-gpus",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="split the inputs over N processes, one per GPU, with one summary (like `accelerate launch "
@@ -242,14 +223,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no summary; errors only")
     parser.add_argument(
         "--max-input-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="refuse inputs with more pixels than this (default: 64000000)",
     )
     parser.add_argument(
         "--max-output-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="refuse inputs whose result, or the working image the model runs at (small inputs are enlarged to "
