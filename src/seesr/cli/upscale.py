@@ -50,6 +50,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Defaults reproduce the official test_seesr.py."
         ),
     )
+    _add_file_arguments(parser)
+    _add_sampling_arguments(parser)
+    _add_prompt_arguments(parser)
+    _add_speed_arguments(parser)
+    _add_batch_arguments(parser)
+    from seesr.cli.upscale_video import add_video_arguments
+
+    add_video_arguments(parser)
+    from seesr.cli.scaleout import add_ray_arguments
+
+    add_ray_arguments(parser, "images")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to read and where to write, and the model."""
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument(
         "-o",
@@ -69,6 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_no_download_argument(parser)
     add_no_verify_argument(parser)
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Scale, sampler, seed and the settings of the official test_seesr.py."""
     parser.add_argument("--scale", type=positive_int, default=4, help="upscaling factor (default: 4)")
     parser.add_argument(
         "--steps", type=positive_int, default=None, help="DDPM sampling steps (default: 50; with --turbo: 2)"
@@ -92,36 +113,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=int,
         default=None,
         help="random seed used for every image (default: a random seed per image, recorded in the PNG metadata)",
-    )
-    parser.add_argument("--prompt", default="", help="your own text, inserted after the DAPE tags (default: empty)")
-    parser.add_argument(
-        "--added-prompt",
-        default=None,
-        metavar="TEXT",
-        help='text appended to the prompt (default: "clean, high-resolution, 8k")',
-    )
-    parser.add_argument(
-        "--negative-prompt",
-        default=None,
-        metavar="TEXT",
-        help='negative prompt for classifier-free guidance (default: "dotted, noise, blur, lowres, smooth")',
-    )
-    parser.add_argument(
-        "--extra-tags",
-        default="",
-        metavar="TAGS",
-        help='comma-separated tags added to the DAPE tags of every image (e.g. "sky, tree"; default: none)',
-    )
-    parser.add_argument(
-        "--remove-tags",
-        default="",
-        metavar="TAGS",
-        help="comma-separated tags dropped from the DAPE tags (case-insensitive; default: none)",
-    )
-    parser.add_argument(
-        "--no-tags",
-        action="store_true",
-        help="leave the DAPE tags out of the prompt (DAPE still provides the image embeddings)",
     )
     parser.add_argument(
         "--color-fix",
@@ -167,6 +158,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help=f"weights/compute precision (default: {DTYPE_DEFAULT})",
     )
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt around DAPE's tags, and edits of the tags."""
+    parser.add_argument("--prompt", default="", help="your own text, inserted after the DAPE tags (default: empty)")
+    parser.add_argument(
+        "--added-prompt",
+        default=None,
+        metavar="TEXT",
+        help='text appended to the prompt (default: "clean, high-resolution, 8k")',
+    )
+    parser.add_argument(
+        "--negative-prompt",
+        default=None,
+        metavar="TEXT",
+        help='negative prompt for classifier-free guidance (default: "dotted, noise, blur, lowres, smooth")',
+    )
+    parser.add_argument(
+        "--extra-tags",
+        default="",
+        metavar="TAGS",
+        help='comma-separated tags added to the DAPE tags of every image (e.g. "sky, tree"; default: none)',
+    )
+    parser.add_argument(
+        "--remove-tags",
+        default="",
+        metavar="TAGS",
+        help="comma-separated tags dropped from the DAPE tags (case-insensitive; default: none)",
+    )
+    parser.add_argument(
+        "--no-tags",
+        action="store_true",
+        help="leave the DAPE tags out of the prompt (DAPE still provides the image embeddings)",
+    )
+
+
+def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fast path, offloading, turbo and several GPUs."""
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument(
         "--fast",
@@ -214,6 +243,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="split the inputs over N processes, one per GPU, with one summary (like `accelerate launch "
         "--num_processes N -m seesr upscale ...`); default: 1",
     )
+
+
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Resuming, output and the size and memory guards of a batch."""
     parser.add_argument(
         "--skip-existing",
         action="store_true",
@@ -243,14 +276,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="do not refuse images whose estimated peak memory exceeds the memory available (default: refuse "
         "them, per file, before any work)",
     )
-    from seesr.cli.upscale_video import add_video_arguments
-
-    add_video_arguments(parser)
-    from seesr.cli.scaleout import add_ray_arguments
-
-    add_ray_arguments(parser, "images")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _settings(args: argparse.Namespace):  # -> UpscaleSettings (heavy import kept out of module level)

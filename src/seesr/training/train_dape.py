@@ -26,25 +26,21 @@ from typing import Any
 import torch
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import Checkpointer, find_resume_checkpoint
+from seesr.training.checkpointing import find_resume_checkpoint
 from seesr.training.common import (
-    EpochShuffleSampler,
     TrainResult,
     build_accelerator,
-    build_lr_scheduler,
-    build_optimizer,
-    effective_learning_rate,
     epoch_loader,
     progress_bar,
-    resolve_max_train_steps,
     seed_global_rng,
     step_seed,
     trainable_parameters,
     weight_dtype_for,
 )
-from seesr.training.config import TrainDAPEConfig, write_run_record
+from seesr.training.config import TrainDAPEConfig
 from seesr.training.export import export_dape, load_dape_student, load_frozen_tagger
 from seesr.training.losses import dape_loss
+from seesr.training.setup import prepare_run
 
 __all__ = ["main"]
 
@@ -88,42 +84,17 @@ def main(config: TrainDAPEConfig) -> TrainResult:
         sum(p.numel() for p in student.parameters()) / 1e6,
     )
 
-    # 5. Data, optimiser, schedule.
+    # 5. Data, optimiser, schedule, resume; then the run record (a refused resume leaves the folder as it was).
     dataset = training_data.build_dataset(config.data, with_tags=False, seed=train.seed, online_mode="resize")
-    sampler = EpochShuffleSampler(len(dataset), seed=train.seed, shuffle=config.data.shuffle)
-    loader = training_data.build_loader(dataset, sampler, train.train_batch_size, config.data.num_workers)
-    optimizer = build_optimizer(params, optim, effective_learning_rate(optim, train, accelerator.num_processes))
-    student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
-    max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
-    lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
-    checkpointer = Checkpointer(
-        accelerator,
-        student,
-        optimizer,
-        lr_scheduler,
-        output_dir,
-        len(loader),
-        train.gradient_accumulation_steps,
-        train.checkpoints_total_limit,
-    )
-
-    # 6. Resume, then the run record (config.yaml, versions.json): a refused resume leaves the folder as it was.
-    start = checkpointer.load(resume_from, train.allow_pickle_resume)
-    if accelerator.is_main_process:
-        write_run_record(
-            config,
-            output_dir,
-            extra={
-                "stage": "dape",
-                "num_processes": accelerator.num_processes,
-                "mixed_precision": accelerator.mixed_precision,
-            },
-        )
+    run = prepare_run(accelerator, config, "dape", student, params, dataset, resume_from)
+    student, optimizer, loader, sampler = run.model, run.optimizer, run.loader, run.sampler
+    lr_scheduler, checkpointer, start = run.lr_scheduler, run.checkpointer, run.start
+    max_train_steps, num_epochs = run.max_train_steps, run.num_epochs
     global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
     if accelerator.is_main_process:
         accelerator.init_trackers("seesr-train-dape")
 
-    # 7. Loop (with the optional validation loss before the first step and every loss_steps).
+    # 6. Loop (with the optional validation loss before the first step and every loss_steps).
     losses: dict[int, float] = {}
     learnable: dict[int, float] = {}  # the loss minus its constant floor (the teacher's entropy)
     validation_losses: dict[int, float] = {}
@@ -200,7 +171,7 @@ def main(config: TrainDAPEConfig) -> TrainResult:
                 break
     bar.close()
 
-    # 8. Save: DAPE.pth (official layout) and the merged tagger (safetensors).
+    # 7. Save: DAPE.pth (official layout) and the merged tagger (safetensors).
     accelerator.wait_for_everyone()
     final = None
     if global_step >= max_train_steps:

@@ -26,27 +26,23 @@ import torch
 from torch import nn
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import Checkpointer, find_resume_checkpoint
+from seesr.training.checkpointing import find_resume_checkpoint
 from seesr.training.common import (
-    EpochShuffleSampler,
     TrainingError,
     TrainResult,
     build_accelerator,
-    build_lr_scheduler,
-    build_optimizer,
-    effective_learning_rate,
     epoch_loader,
     progress_bar,
-    resolve_max_train_steps,
     seed_global_rng,
     step_generator,
     step_seed,
     trainable_parameters,
     weight_dtype_for,
 )
-from seesr.training.config import SeeSRModelConfig, TrainSeeSRConfig, config_to_dict, write_run_record
+from seesr.training.config import SeeSRModelConfig, TrainSeeSRConfig, config_to_dict
 from seesr.training.export import export_seesr_model, load_frozen_tagger
 from seesr.training.losses import diffusion_loss
+from seesr.training.setup import prepare_run
 
 __all__ = ["SeeSRTrainingModule", "main"]
 
@@ -272,37 +268,12 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         sum(p.numel() for p in unet.parameters() if p.requires_grad) / 1e6,
     )
 
-    # 5. Data, optimiser, schedule.
+    # 5. Data, optimiser, schedule, resume; then the run record (a refused resume leaves the folder as it was).
     dataset = training_data.build_dataset(config.data, with_tags=True, seed=train.seed, online_mode="crop")
-    sampler = EpochShuffleSampler(len(dataset), seed=train.seed, shuffle=config.data.shuffle)
-    loader = training_data.build_loader(dataset, sampler, train.train_batch_size, config.data.num_workers)
-    optimizer = build_optimizer(params, optim, effective_learning_rate(optim, train, accelerator.num_processes))
-    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
-    max_train_steps, num_epochs = resolve_max_train_steps(train, len(loader))
-    lr_scheduler = build_lr_scheduler(optimizer, optim, max_train_steps)
-    checkpointer = Checkpointer(
-        accelerator,
-        module,
-        optimizer,
-        lr_scheduler,
-        output_dir,
-        len(loader),
-        train.gradient_accumulation_steps,
-        train.checkpoints_total_limit,
-    )
-
-    # 6. Resume, then the run record (config.yaml, versions.json): a refused resume leaves the folder as it was.
-    start = checkpointer.load(resume_from, train.allow_pickle_resume)
-    if accelerator.is_main_process:
-        write_run_record(
-            config,
-            output_dir,
-            extra={
-                "stage": "seesr",
-                "num_processes": accelerator.num_processes,
-                "mixed_precision": accelerator.mixed_precision,
-            },
-        )
+    run = prepare_run(accelerator, config, "seesr", module, params, dataset, resume_from)
+    module, optimizer, loader, sampler = run.model, run.optimizer, run.loader, run.sampler
+    lr_scheduler, checkpointer, start = run.lr_scheduler, run.checkpointer, run.start
+    max_train_steps, num_epochs = run.max_train_steps, run.num_epochs
     global_step, first_epoch, skip_batches = start.global_step, start.first_epoch, start.skip_batches
 
     if accelerator.is_main_process:
@@ -311,7 +282,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
         }
         accelerator.init_trackers("seesr-train-seesr", config=tracker_config)
 
-    # 7. Loop (with the optional fixed-draw validation loss before the first step and every loss_steps).
+    # 6. Loop (with the optional fixed-draw validation loss before the first step and every loss_steps).
     losses: dict[int, float] = {}
     validation_losses: dict[int, float] = {}
     loss_every = config.validation.loss_steps or 0
@@ -392,7 +363,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
                 break
     bar.close()
 
-    # 8. Save: official unet/ + controlnet/ (separate folders) and a complete model folder. The frozen parts are
+    # 7. Save: official unet/ + controlnet/ (separate folders) and a complete model folder. The frozen parts are
     #    written from their float32 sources, never from the copies cast to the AMP dtype for training.
     accelerator.wait_for_everyone()
     final_dir = None  # set on the main process, the one that writes the model
