@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
@@ -553,327 +554,260 @@ def build_app(
         available as ``app.seesr_controller``.
     """
     import gradio as gr
-    from gradio.utils import get_upload_folder
 
     runner: Runner = pipeline if _is_runner(pipeline) else PipelineRunner(pipeline)
     controller = WebController(runner, limits, output_dir, defaults)
-    limits, defaults = controller.limits, controller.defaults
 
+    # 1. the layout: the Photo tab (input, tags, prompt and settings | the comparison), the Video tab
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(
             f"## {title}: semantics-aware super-resolution\n"
             "Upload a low-resolution photo, check the tags DAPE sees in it (remove wrong ones, add missing ones), "
             "then run. The comparison shows the input enlarged with bicubic next to the SeeSR result."
         )
-        input_size = gr.State(None)
         with gr.Tabs():
-            with gr.Tab("Photo", id="photo"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1):
-                        # Events that read this image skip Gradio's preprocessing (preprocess=False) and get the upload
-                        # record instead: seesr.web.inputs checks it (limits, upload folder, readable image) and turns
-                        # problems into messages, where stock preprocessing would hand any file to Pillow and say "Error".
-                        image_in = gr.Image(
-                            label="Low-resolution photo",
-                            sources=["upload", "clipboard"],
-                            type="filepath",
-                            height=320,
-                            elem_id="seesr-input",
-                        )
-                        upload_dirs = [get_upload_folder(), image_in.GRADIO_CACHE]
-
-                        def checked(payload: Any) -> InputImage | InvalidUpload | None:
-                            return read_payload(payload, limits, upload_dirs)
-
-                        input_info = gr.Markdown(controller.limits_markdown(), elem_id="seesr-input-info")
-                        detect_button = gr.Button("Detect tags", elem_id="seesr-detect")
-                        tags_box = gr.Textbox(
-                            label="Tags (comma-separated, editable)",
-                            placeholder="Press “Detect tags” to see DAPE's tags and edit them. "
-                            "Left empty, the tags are detected when you run.",
-                            lines=2,
-                            elem_id="seesr-tags",
-                        )
-                        tags_info = gr.Markdown(elem_id="seesr-tags-info")
-                        detected = gr.State(None)  # the tag box as "Detect tags" filled it: unedited tags are DAPE's
-                        use_tags = gr.Checkbox(
-                            defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags"
-                        )
-                        prompt = gr.Textbox(
-                            defaults.prompt,
-                            label="Your prompt",
-                            placeholder="optional, e.g. “a portrait photo”",
-                            elem_id="seesr-prompt",
-                        )
-                        added_prompt = gr.Textbox(
-                            defaults.added_prompt, label="Added prompt", elem_id="seesr-added-prompt"
-                        )
-                        negative_prompt = gr.Textbox(
-                            defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
-                        )
-                        with gr.Accordion("Settings", open=True):
-                            gr.Markdown(defaults_markdown(defaults), elem_id="seesr-defaults")
-                            with gr.Row():
-                                steps = gr.Slider(
-                                    1,
-                                    limits.max_steps,
-                                    value=min(defaults.steps, limits.max_steps),
-                                    step=1,
-                                    label="Steps",
-                                    elem_id="seesr-steps",
-                                )
-                                guidance = gr.Slider(
-                                    0,
-                                    15,
-                                    value=defaults.guidance_scale,
-                                    step=0.5,
-                                    label="Guidance (CFG)",
-                                    elem_id="seesr-guidance",
-                                )
-                            with gr.Row():
-                                seed = gr.Number(
-                                    defaults.seed if defaults.seed is not None else 231,
-                                    precision=0,
-                                    minimum=0,
-                                    maximum=MAX_SEED,
-                                    label="Seed",
-                                    elem_id="seesr-seed",
-                                )
-                                random_seed = gr.Checkbox(
-                                    defaults.seed is None,
-                                    label="New random seed each run",
-                                    elem_id="seesr-random-seed",
-                                )
-                            with gr.Row():
-                                scale = gr.Slider(
-                                    1,
-                                    limits.max_scale,
-                                    value=min(defaults.scale, limits.max_scale),
-                                    step=1,
-                                    label="Scale",
-                                    elem_id="seesr-scale",
-                                )
-                                tile = gr.Slider(
-                                    16,
-                                    256,
-                                    value=defaults.latent_tile_size,
-                                    step=8,
-                                    label="Latent tile size (×8 px)",
-                                    elem_id="seesr-tile",
-                                )
-                            color_fix = gr.Radio(
-                                list(COLOR_FIXES),
-                                value=defaults.color_fix,
-                                label="Colour fix",
-                                elem_id="seesr-color-fix",
-                            )
-                        with gr.Row():
-                            run_button = gr.Button("Run", variant="primary", elem_id="seesr-run")
-                            cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
-                    with gr.Column(scale=1):
-                        compare = gr.ImageSlider(
-                            label="Before (bicubic) · after (SeeSR), same scale",
-                            type="filepath",
-                            format="png",
-                            interactive=False,
-                            max_height=640,
-                            elem_id="seesr-compare",
-                        )
-                        download = gr.DownloadButton(
-                            "Download PNG (with settings)", visible=False, elem_id="seesr-download"
-                        )
-                        prompt_used = gr.Textbox(
-                            label="Prompt used", interactive=False, lines=2, elem_id="seesr-prompt-used"
-                        )
-                        summary = gr.Markdown(elem_id="seesr-settings-used")
+            with gr.Tab("Photo", id="photo"), gr.Row(equal_height=False):
+                with gr.Column(scale=1):
+                    photo = _photo_inputs(gr, controller)
+                    photo.settings = _settings_controls(gr, controller.limits, controller.defaults)
+                    with gr.Row():
+                        photo.run_button = gr.Button("Run", variant="primary", elem_id="seesr-run")
+                        photo.cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-cancel")
+                with gr.Column(scale=1):
+                    _photo_results(gr, photo)
             with gr.Tab("Video", id="video", elem_id="seesr-video-tab"):
-                gr.Markdown(
-                    "Upload a short clip: every frame is upscaled as by `seesr upscale clip.mp4` (one seed for the "
-                    "whole clip, DAPE's tags per shot, colour fix against each frame, sound kept), with the prompt "
-                    "and **Settings of the Photo tab**. The first frames appear while the rest are upscaled."
-                )
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=1):
-                        clip_in = gr.Video(
-                            label="Low-resolution clip", sources=["upload"], height=320, elem_id="seesr-clip"
-                        )
-                        clip_info = gr.Markdown(controller.video_limits_markdown(), elem_id="seesr-clip-info")
-                        with gr.Row():
-                            video_button = gr.Button("Upscale clip", variant="primary", elem_id="seesr-video-run")
-                            video_cancel = gr.Button("Cancel", variant="stop", elem_id="seesr-video-cancel")
-                        video_status = gr.Markdown(elem_id="seesr-video-status")
-                    with gr.Column(scale=1):
-                        previews = gr.Gallery(
-                            label=f"First {PREVIEW_FRAMES} upscaled frames",
-                            columns=PREVIEW_FRAMES,
-                            format="png",
-                            interactive=False,
-                            elem_id="seesr-video-previews",
-                        )
-                        clip_out = gr.Video(label="Upscaled clip", interactive=False, elem_id="seesr-clip-out")
-                        clip_download = gr.DownloadButton(
-                            "Download clip", visible=False, elem_id="seesr-clip-download"
-                        )
-                        video_summary = gr.Markdown(elem_id="seesr-video-used")
+                video = _video_tab(gr, controller)
+        # 2. the events
+        on_cancel = _wire_photo_events(gr, controller, photo)
+        _wire_video_events(gr, controller, photo, video, on_cancel)
 
-        def on_upload(payload: Any, scale_value: float) -> tuple[Any, ...]:
-            ok, message, size = controller.inspect_upload(checked(payload), scale_value)
-            if not ok:
-                gr.Warning(message.strip("⚠️ *"))
-                return None, message, None, "", None
-            return gr.skip(), message, size, "", None  # a new photo: the previous photo's tags no longer apply
+    app.queue(default_concurrency_limit=1, max_size=controller.limits.max_queue)
+    app.seesr_controller = controller  # type: ignore[attr-defined]
+    return app
 
-        image_in.upload(
-            on_upload,
-            [image_in, scale],
-            [image_in, input_info, input_size, tags_box, detected],
-            preprocess=False,
-            concurrency_limit=4,
-            api_visibility="undocumented",
-        )
-        image_in.clear(
-            lambda: (controller.limits_markdown(), None, "", None), None, [input_info, input_size, tags_box, detected]
-        )
-        scale.change(controller.describe_input, [input_size, scale], input_info, queue=False)
 
-        def on_detect(payload: Any) -> tuple[str, str, str]:
-            with _shown_in_page("detect tags"):
-                text, status = controller.detect(checked(payload))
-            return text, status, text
+class _Components(SimpleNamespace):
+    """The Gradio components of one tab, by name (what its events read and write)."""
 
-        detect_event = detect_button.click(
-            on_detect,
-            [image_in],
-            [tags_box, tags_info, detected],
-            api_name="detect_tags",
-            preprocess=False,
-            concurrency_id=DEVICE_QUEUE,
-            concurrency_limit=1,
-        )
 
-        # the prompt and settings controls, in the order of on_run's and on_video's parameters after the tags
-        setting_inputs = [
-            use_tags,
-            prompt,
-            added_prompt,
-            negative_prompt,
-            steps,
-            guidance,
-            seed,
-            random_seed,
-            scale,
-            tile,
-            color_fix,
-        ]
+def _photo_inputs(gr: Any, controller: WebController) -> _Components:
+    """The photo, its tags (detected, editable) and the prompt boxes."""
+    defaults = controller.defaults
+    # Events that read this image skip Gradio's preprocessing (preprocess=False) and get the upload record instead:
+    # seesr.web.inputs checks it (limits, upload folder, readable image) and turns problems into messages, where
+    # stock preprocessing would hand any file to Pillow and say "Error".
+    image_in = gr.Image(
+        label="Low-resolution photo",
+        sources=["upload", "clipboard"],
+        type="filepath",
+        height=320,
+        elem_id="seesr-input",
+    )
+    return _Components(
+        image_in=image_in,
+        input_size=gr.State(None),
+        input_info=gr.Markdown(controller.limits_markdown(), elem_id="seesr-input-info"),
+        detect_button=gr.Button("Detect tags", elem_id="seesr-detect"),
+        tags_box=gr.Textbox(
+            label="Tags (comma-separated, editable)",
+            placeholder="Press “Detect tags” to see DAPE's tags and edit them. "
+            "Left empty, the tags are detected when you run.",
+            lines=2,
+            elem_id="seesr-tags",
+        ),
+        tags_info=gr.Markdown(elem_id="seesr-tags-info"),
+        detected=gr.State(None),  # the tag box as "Detect tags" filled it: unedited tags are DAPE's
+        use_tags=gr.Checkbox(defaults.use_tags, label="Put the tags in the prompt", elem_id="seesr-use-tags"),
+        prompt=gr.Textbox(
+            defaults.prompt,
+            label="Your prompt",
+            placeholder="optional, e.g. “a portrait photo”",
+            elem_id="seesr-prompt",
+        ),
+        added_prompt=gr.Textbox(defaults.added_prompt, label="Added prompt", elem_id="seesr-added-prompt"),
+        negative_prompt=gr.Textbox(
+            defaults.negative_prompt, label="Negative prompt", lines=2, elem_id="seesr-negative-prompt"
+        ),
+    )
 
-        def on_run(
-            payload: Any,
-            tags_text: str,
-            detected_text: str | None,
-            use_tags_value: bool,
-            prompt_value: str,
-            added_value: str,
-            negative_value: str,
-            steps_value: float,
-            guidance_value: float,
-            seed_value: float | None,
-            random_seed_value: bool,
-            scale_value: float,
-            tile_value: float,
-            color_fix_value: str,
-            request: Any,
-            progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
-        ) -> tuple[Any, ...]:
-            def on_step(done: int, total: int) -> None:
-                progress((done, total), desc="Denoising", unit="steps")
 
-            progress(0.0, desc="Starting")
-            with _shown_in_page("upscale"):
-                output = controller.run(
-                    checked(payload),
-                    session=request.session_hash or "anonymous",
-                    on_step=on_step,
-                    tags_text=tags_text,
-                    detected_tags_text=detected_text,
-                    use_tags=use_tags_value,
-                    prompt=prompt_value,
-                    added_prompt=added_value,
-                    negative_prompt=negative_value,
-                    steps=steps_value,
-                    guidance_scale=guidance_value,
-                    seed=seed_value,
-                    random_seed=random_seed_value,
-                    color_fix=color_fix_value,
-                    scale=scale_value,
-                    latent_tile_size=tile_value,
-                )
-            return (
-                (str(output.before_path), str(output.after_path)),
-                gr.DownloadButton(value=str(output.after_path), visible=True),
-                output.prompt,
-                output.summary_markdown,
-                output.seed,
+def _settings_controls(gr: Any, limits: WebLimits, defaults: WebSettings) -> _Components:
+    """The Settings accordion: steps, guidance, seed, scale, tile size, colour fix."""
+    with gr.Accordion("Settings", open=True):
+        gr.Markdown(defaults_markdown(defaults), elem_id="seesr-defaults")
+        with gr.Row():
+            steps = gr.Slider(
+                1, limits.max_steps, value=min(defaults.steps, limits.max_steps), step=1, label="Steps",
+                elem_id="seesr-steps",
+            )  # fmt: skip
+            guidance = gr.Slider(
+                0, 15, value=defaults.guidance_scale, step=0.5, label="Guidance (CFG)", elem_id="seesr-guidance"
             )
-
-        _inject_request(on_run, gr)
-        run_event = run_button.click(
-            on_run,
-            [image_in, tags_box, detected, *setting_inputs],
-            [compare, download, prompt_used, summary, seed],
-            api_name="upscale",
-            preprocess=False,
-            concurrency_id=DEVICE_QUEUE,
-            concurrency_limit=1,
+        with gr.Row():
+            seed = gr.Number(
+                defaults.seed if defaults.seed is not None else 231,
+                precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="seesr-seed",
+            )  # fmt: skip
+            random_seed = gr.Checkbox(
+                defaults.seed is None, label="New random seed each run", elem_id="seesr-random-seed"
+            )
+        with gr.Row():
+            scale = gr.Slider(
+                1, limits.max_scale, value=min(defaults.scale, limits.max_scale), step=1, label="Scale",
+                elem_id="seesr-scale",
+            )  # fmt: skip
+            tile = gr.Slider(
+                16, 256, value=defaults.latent_tile_size, step=8, label="Latent tile size (×8 px)",
+                elem_id="seesr-tile",
+            )  # fmt: skip
+        color_fix = gr.Radio(
+            list(COLOR_FIXES), value=defaults.color_fix, label="Colour fix", elem_id="seesr-color-fix"
         )
+    return _Components(
+        steps=steps, guidance=guidance, seed=seed, random_seed=random_seed, scale=scale, tile=tile,
+        color_fix=color_fix,
+    )  # fmt: skip
 
-        def on_cancel(request: Any) -> str:
-            return controller.cancel(request.session_hash or "anonymous")
 
-        _inject_request(on_cancel, gr)
+def _photo_results(gr: Any, photo: _Components) -> None:
+    """The comparison slider, the download button and what was used (added to ``photo``)."""
+    photo.compare = gr.ImageSlider(
+        label="Before (bicubic) · after (SeeSR), same scale",
+        type="filepath",
+        format="png",
+        interactive=False,
+        max_height=640,
+        elem_id="seesr-compare",
+    )
+    photo.download = gr.DownloadButton("Download PNG (with settings)", visible=False, elem_id="seesr-download")
+    photo.prompt_used = gr.Textbox(label="Prompt used", interactive=False, lines=2, elem_id="seesr-prompt-used")
+    photo.summary = gr.Markdown(elem_id="seesr-settings-used")
 
-        cancel_button.click(on_cancel, None, summary, cancels=[run_event, detect_event], queue=False)
 
-        clip_dirs = [get_upload_folder(), clip_in.GRADIO_CACHE]
+def _video_tab(gr: Any, controller: WebController) -> _Components:
+    gr.Markdown(
+        "Upload a short clip: every frame is upscaled as by `seesr upscale clip.mp4` (one seed for the "
+        "whole clip, DAPE's tags per shot, colour fix against each frame, sound kept), with the prompt "
+        "and **Settings of the Photo tab**. The first frames appear while the rest are upscaled."
+    )
+    video = _Components()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            video.clip_in = gr.Video(label="Low-resolution clip", sources=["upload"], height=320, elem_id="seesr-clip")
+            video.clip_info = gr.Markdown(controller.video_limits_markdown(), elem_id="seesr-clip-info")
+            with gr.Row():
+                video.run_button = gr.Button("Upscale clip", variant="primary", elem_id="seesr-video-run")
+                video.cancel_button = gr.Button("Cancel", variant="stop", elem_id="seesr-video-cancel")
+            video.status = gr.Markdown(elem_id="seesr-video-status")
+        with gr.Column(scale=1):
+            video.previews = gr.Gallery(
+                label=f"First {PREVIEW_FRAMES} upscaled frames",
+                columns=PREVIEW_FRAMES,
+                format="png",
+                interactive=False,
+                elem_id="seesr-video-previews",
+            )
+            video.clip_out = gr.Video(label="Upscaled clip", interactive=False, elem_id="seesr-clip-out")
+            video.download = gr.DownloadButton("Download clip", visible=False, elem_id="seesr-clip-download")
+            video.summary = gr.Markdown(elem_id="seesr-video-used")
+    return video
 
-        def checked_clip(payload: Any) -> InputClip | InvalidUpload | None:
-            return read_clip_payload(payload, limits, clip_dirs)
 
-        def on_clip_upload(payload: Any, scale_value: float) -> tuple[Any, str]:
-            ok, message = controller.inspect_clip(checked_clip(payload), scale_value)
-            if not ok:
-                gr.Warning(message.strip("⚠️ *"))
-                return None, message
-            return gr.skip(), message
+def _setting_inputs(photo: _Components) -> list[Any]:
+    """The prompt and settings controls, in the order of ``on_run``'s and ``on_video``'s parameters after the
+    tags (the Video tab uses the Photo tab's)."""
+    s = photo.settings
+    return [
+        photo.use_tags, photo.prompt, photo.added_prompt, photo.negative_prompt, s.steps, s.guidance, s.seed,
+        s.random_seed, s.scale, s.tile, s.color_fix,
+    ]  # fmt: skip
 
-        clip_in.upload(
-            on_clip_upload,
-            [clip_in, scale],
-            [clip_in, clip_info],
-            preprocess=False,
-            concurrency_limit=4,
-            api_visibility="undocumented",
-        )
-        clip_in.clear(lambda: controller.video_limits_markdown(), None, clip_info)
 
-        def on_video(
-            payload: Any,
-            use_tags_value: bool,
-            prompt_value: str,
-            added_value: str,
-            negative_value: str,
-            steps_value: float,
-            guidance_value: float,
-            seed_value: float | None,
-            random_seed_value: bool,
-            scale_value: float,
-            tile_value: float,
-            color_fix_value: str,
-            request: Any,
-            progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
-        ) -> Iterator[tuple[Any, ...]]:
-            session = request.session_hash or "anonymous"
-            controls = dict(
-                tags_text=None,
+def _wire_photo_events(gr: Any, controller: WebController, photo: _Components) -> Callable[[Any], str]:
+    """Upload checks, Detect tags, Run (with step progress) and Cancel; returns the cancel handler."""
+    from gradio.utils import get_upload_folder
+
+    upload_dirs = [get_upload_folder(), photo.image_in.GRADIO_CACHE]
+    scale = photo.settings.scale
+
+    def checked(payload: Any) -> InputImage | InvalidUpload | None:
+        return read_payload(payload, controller.limits, upload_dirs)
+
+    def on_upload(payload: Any, scale_value: float) -> tuple[Any, ...]:
+        ok, message, size = controller.inspect_upload(checked(payload), scale_value)
+        if not ok:
+            gr.Warning(message.strip("⚠️ *"))
+            return None, message, None, "", None
+        return gr.skip(), message, size, "", None  # a new photo: the previous photo's tags no longer apply
+
+    state = [photo.input_info, photo.input_size, photo.tags_box, photo.detected]
+    photo.image_in.upload(
+        on_upload,
+        [photo.image_in, scale],
+        [photo.image_in, *state],
+        preprocess=False,
+        concurrency_limit=4,
+        api_visibility="undocumented",
+    )
+    photo.image_in.clear(lambda: (controller.limits_markdown(), None, "", None), None, state)
+    scale.change(controller.describe_input, [photo.input_size, scale], photo.input_info, queue=False)
+
+    def on_detect(payload: Any) -> tuple[str, str, str]:
+        with _shown_in_page("detect tags"):
+            text, status = controller.detect(checked(payload))
+        return text, status, text
+
+    detect_event = photo.detect_button.click(
+        on_detect,
+        [photo.image_in],
+        [photo.tags_box, photo.tags_info, photo.detected],
+        api_name="detect_tags",
+        preprocess=False,
+        concurrency_id=DEVICE_QUEUE,
+        concurrency_limit=1,
+    )
+    run_event = _wire_run(gr, controller, photo, checked)
+
+    def on_cancel(request: Any) -> str:
+        return controller.cancel(request.session_hash or "anonymous")
+
+    _inject_request(on_cancel, gr)
+    photo.cancel_button.click(on_cancel, None, photo.summary, cancels=[run_event, detect_event], queue=False)
+    return on_cancel
+
+
+def _wire_run(gr: Any, controller: WebController, photo: _Components, checked: Callable[[Any], Any]) -> Any:
+    """The Run button: the photo through the controller, the denoising steps on the progress bar."""
+
+    def on_run(
+        payload: Any,
+        tags_text: str,
+        detected_text: str | None,
+        use_tags_value: bool,
+        prompt_value: str,
+        added_value: str,
+        negative_value: str,
+        steps_value: float,
+        guidance_value: float,
+        seed_value: float | None,
+        random_seed_value: bool,
+        scale_value: float,
+        tile_value: float,
+        color_fix_value: str,
+        request: Any,
+        progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
+    ) -> tuple[Any, ...]:
+        def on_step(done: int, total: int) -> None:
+            progress((done, total), desc="Denoising", unit="steps")
+
+        progress(0.0, desc="Starting")
+        with _shown_in_page("upscale"):
+            output = controller.run(
+                checked(payload),
+                session=request.session_hash or "anonymous",
+                on_step=on_step,
+                tags_text=tags_text,
+                detected_tags_text=detected_text,
                 use_tags=use_tags_value,
                 prompt=prompt_value,
                 added_prompt=added_value,
@@ -886,45 +820,125 @@ def build_app(
                 scale=scale_value,
                 latent_tile_size=tile_value,
             )
-            progress(0.0, desc="Reading the clip and tagging its shots")
-            with _shown_in_page("upscale the clip"):
-                for update in _run_in_thread(
-                    lambda report: controller.run_video(
-                        checked_clip(payload), session=session, on_progress=report, **controls
-                    ),
-                    on_abandon=lambda: controller.cancel(session),
-                ):
-                    if isinstance(update, VideoProgress):
-                        progress(update.fraction, desc=update.describe())
-                        if update.step is not None:
-                            continue  # steps move the progress bar only
-                        shown = [str(path) for path in update.previews]
-                        yield gr.skip(), shown, gr.skip(), update.describe(), gr.skip(), gr.skip()
-                        continue
-                    yield (
-                        str(update.video_path),
-                        [str(path) for path in update.previews],
-                        gr.DownloadButton(value=str(update.video_path), visible=True),
-                        f"Done: {update.report.get('frames')} frames in {update.report.get('seconds', 0):.1f} s.",
-                        update.summary_markdown,
-                        update.seed,
-                    )
-
-        _inject_request(on_video, gr)
-        video_event = video_button.click(
-            on_video,
-            [clip_in, *setting_inputs],  # the Photo tab's prompt and settings
-            [clip_out, previews, clip_download, video_status, video_summary, seed],
-            api_name="upscale_video",
-            preprocess=False,
-            concurrency_id=DEVICE_QUEUE,
-            concurrency_limit=1,
+        return (
+            (str(output.before_path), str(output.after_path)),
+            gr.DownloadButton(value=str(output.after_path), visible=True),
+            output.prompt,
+            output.summary_markdown,
+            output.seed,
         )
-        video_cancel.click(on_cancel, None, video_status, cancels=[video_event], queue=False)
 
-    app.queue(default_concurrency_limit=1, max_size=limits.max_queue)
-    app.seesr_controller = controller  # type: ignore[attr-defined]
-    return app
+    _inject_request(on_run, gr)
+    return photo.run_button.click(
+        on_run,
+        [photo.image_in, photo.tags_box, photo.detected, *_setting_inputs(photo)],
+        [photo.compare, photo.download, photo.prompt_used, photo.summary, photo.settings.seed],
+        api_name="upscale",
+        preprocess=False,
+        concurrency_id=DEVICE_QUEUE,
+        concurrency_limit=1,
+    )
+
+
+def _wire_video_events(
+    gr: Any, controller: WebController, photo: _Components, video: _Components, on_cancel: Callable[[Any], str]
+) -> None:
+    """Clip upload checks, Upscale clip (frames, previews and time left as they come) and Cancel."""
+    from gradio.utils import get_upload_folder
+
+    clip_dirs = [get_upload_folder(), video.clip_in.GRADIO_CACHE]
+
+    def checked_clip(payload: Any) -> InputClip | InvalidUpload | None:
+        return read_clip_payload(payload, controller.limits, clip_dirs)
+
+    def on_clip_upload(payload: Any, scale_value: float) -> tuple[Any, str]:
+        ok, message = controller.inspect_clip(checked_clip(payload), scale_value)
+        if not ok:
+            gr.Warning(message.strip("⚠️ *"))
+            return None, message
+        return gr.skip(), message
+
+    video.clip_in.upload(
+        on_clip_upload,
+        [video.clip_in, photo.settings.scale],
+        [video.clip_in, video.clip_info],
+        preprocess=False,
+        concurrency_limit=4,
+        api_visibility="undocumented",
+    )
+    video.clip_in.clear(lambda: controller.video_limits_markdown(), None, video.clip_info)
+    video_event = video.run_button.click(
+        _video_handler(gr, controller, checked_clip),
+        [video.clip_in, *_setting_inputs(photo)],  # the Photo tab's prompt and settings
+        [video.clip_out, video.previews, video.download, video.status, video.summary, photo.settings.seed],
+        api_name="upscale_video",
+        preprocess=False,
+        concurrency_id=DEVICE_QUEUE,
+        concurrency_limit=1,
+    )
+    video.cancel_button.click(on_cancel, None, video.status, cancels=[video_event], queue=False)
+
+
+def _video_handler(gr: Any, controller: WebController, checked_clip: Callable[[Any], Any]) -> Callable[..., Any]:
+    """``on_video``: runs the clip in a worker thread and yields the page's updates as the frames come."""
+
+    def on_video(
+        payload: Any,
+        use_tags_value: bool,
+        prompt_value: str,
+        added_value: str,
+        negative_value: str,
+        steps_value: float,
+        guidance_value: float,
+        seed_value: float | None,
+        random_seed_value: bool,
+        scale_value: float,
+        tile_value: float,
+        color_fix_value: str,
+        request: Any,
+        progress: Any = gr.Progress(),  # noqa: B008 (Gradio injects it: found by its default value)
+    ) -> Iterator[tuple[Any, ...]]:
+        session = request.session_hash or "anonymous"
+        controls = dict(
+            tags_text=None,
+            use_tags=use_tags_value,
+            prompt=prompt_value,
+            added_prompt=added_value,
+            negative_prompt=negative_value,
+            steps=steps_value,
+            guidance_scale=guidance_value,
+            seed=seed_value,
+            random_seed=random_seed_value,
+            color_fix=color_fix_value,
+            scale=scale_value,
+            latent_tile_size=tile_value,
+        )
+        progress(0.0, desc="Reading the clip and tagging its shots")
+        with _shown_in_page("upscale the clip"):
+            for update in _run_in_thread(
+                lambda report: controller.run_video(
+                    checked_clip(payload), session=session, on_progress=report, **controls
+                ),
+                on_abandon=lambda: controller.cancel(session),
+            ):
+                if isinstance(update, VideoProgress):
+                    progress(update.fraction, desc=update.describe())
+                    if update.step is not None:
+                        continue  # steps move the progress bar only
+                    shown = [str(path) for path in update.previews]
+                    yield gr.skip(), shown, gr.skip(), update.describe(), gr.skip(), gr.skip()
+                    continue
+                yield (
+                    str(update.video_path),
+                    [str(path) for path in update.previews],
+                    gr.DownloadButton(value=str(update.video_path), visible=True),
+                    f"Done: {update.report.get('frames')} frames in {update.report.get('seconds', 0):.1f} s.",
+                    update.summary_markdown,
+                    update.seed,
+                )
+
+    _inject_request(on_video, gr)
+    return on_video
 
 
 def launch_app(
