@@ -1,5 +1,6 @@
-"""What both training stages do between building their model and the first step: data, optimiser, schedule,
-``accelerator.prepare``, checkpointer, resume, and the run record (``config.yaml``, ``versions.json``)."""
+"""What both training stages do around building their model: first the accelerator, the seeds and the checkpoint
+to resume from (:func:`start_run`); then, before the first step, data, optimiser, schedule, ``accelerator.prepare``,
+checkpointer, resume, and the run record (``config.yaml``, ``versions.json``) (:func:`prepare_run`)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,33 @@ from typing import Any
 import torch
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import Checkpointer, ResumePoint
+from seesr.training.checkpointing import Checkpointer, ResumePoint, find_resume_checkpoint
 from seesr.training.common import (
     EpochShuffleSampler,
+    build_accelerator,
     build_lr_scheduler,
     build_optimizer,
     effective_learning_rate,
     resolve_max_train_steps,
 )
 from seesr.training.config import write_run_record
+
+
+def start_run(config: Any) -> tuple[Any, tuple[Path, dict[str, Any]] | None]:
+    """The accelerator and the checkpoint to resume from (None: a fresh start); seeds every process. The resume is
+    checked before anything is written: a refused one changes nothing."""
+    from accelerate.utils import set_seed
+
+    train = config.train
+    accelerator = build_accelerator(train, config.logging)
+    set_seed(train.seed, device_specific=True)
+    resume_from = find_resume_checkpoint(
+        Path(train.output_dir),
+        train.resume_from_checkpoint,
+        train.allow_pickle_resume,
+        announce=accelerator.is_main_process,
+    )
+    return accelerator, resume_from
 
 
 @dataclass

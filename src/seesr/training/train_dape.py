@@ -26,10 +26,8 @@ from typing import Any
 import torch
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import find_resume_checkpoint
 from seesr.training.common import (
     TrainResult,
-    build_accelerator,
     epoch_loader,
     progress_bar,
     seed_global_rng,
@@ -40,7 +38,7 @@ from seesr.training.common import (
 from seesr.training.config import TrainDAPEConfig
 from seesr.training.export import export_dape, load_dape_student, load_frozen_tagger
 from seesr.training.losses import dape_loss
-from seesr.training.setup import prepare_run
+from seesr.training.setup import prepare_run, start_run
 
 __all__ = ["main"]
 
@@ -53,13 +51,7 @@ def main(config: TrainDAPEConfig) -> TrainResult:
     output_dir = Path(train.output_dir)
 
     # 1. Accelerator, seeding, resume check.
-    accelerator = build_accelerator(train, config.logging)
-    from accelerate.utils import set_seed
-
-    set_seed(train.seed, device_specific=True)
-    resume_from = find_resume_checkpoint(  # checked before anything is written: a refused one changes nothing
-        output_dir, train.resume_from_checkpoint, train.allow_pickle_resume, announce=accelerator.is_main_process
-    )
+    accelerator, resume_from = start_run(config)
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 

@@ -26,11 +26,9 @@ import torch
 from torch import nn
 
 from seesr.training import data as training_data
-from seesr.training.checkpointing import find_resume_checkpoint
 from seesr.training.common import (
     TrainingError,
     TrainResult,
-    build_accelerator,
     epoch_loader,
     progress_bar,
     seed_global_rng,
@@ -42,7 +40,7 @@ from seesr.training.common import (
 from seesr.training.config import SeeSRModelConfig, TrainSeeSRConfig, config_to_dict
 from seesr.training.export import export_seesr_model, load_frozen_tagger
 from seesr.training.losses import diffusion_loss
-from seesr.training.setup import prepare_run
+from seesr.training.setup import prepare_run, start_run
 
 __all__ = ["SeeSRTrainingModule", "main"]
 
@@ -225,13 +223,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     output_dir = Path(train.output_dir)
 
     # 1. Accelerator, seeding, resume check. Unused-parameter detection stays off: every trainable tensor is used.
-    accelerator = build_accelerator(train, config.logging)
-    from accelerate.utils import set_seed
-
-    set_seed(train.seed, device_specific=True)
-    resume_from = find_resume_checkpoint(  # checked before anything is written: a refused one changes nothing
-        output_dir, train.resume_from_checkpoint, train.allow_pickle_resume, announce=accelerator.is_main_process
-    )
+    accelerator, resume_from = start_run(config)
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 

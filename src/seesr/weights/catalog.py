@@ -128,23 +128,25 @@ def pinned_revisions(overrides: dict[str, str] | None = None) -> dict[str, str |
     return {repo: overrides.get(repo) or os.environ.get(env) or None for repo, env in REVISION_ENV.items()}
 
 
+#: The files of a complete diffusers SD-2-base-style folder (SD-2-base itself, SD-turbo).
+SD2_BASE_LAYOUT: tuple[str, ...] = (
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+)
+
 #: The SD-2-base files that stage-2 training needs beyond the inference set (the base UNet), laid out as a complete
 #: diffusers SD-2-base folder under ``stable-diffusion-2-base/`` (what ``model.pretrained_model_name_or_path`` names).
 TRAINING_CATALOG: tuple[WeightFile, ...] = tuple(
-    WeightFile("sd2_base", SD2_REPO, filename, f"stable-diffusion-2-base/{filename}")
-    for filename in (
-        "scheduler/scheduler_config.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer/special_tokens_map.json",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-    )
+    WeightFile("sd2_base", SD2_REPO, filename, f"stable-diffusion-2-base/{filename}") for filename in SD2_BASE_LAYOUT
 )
 
 #: A JSON file replacing the catalogue's sha256 and size of some files (an internal mirror, or the tests' tiny files):
@@ -169,18 +171,5 @@ def with_override(entry: WeightFile) -> WeightFile:
 
 #: Optional SD-turbo files for ``--turbo``, placed under ``turbo/`` in a release-layout folder (SD-2-base layout).
 TURBO_CATALOG: tuple[WeightFile, ...] = tuple(
-    WeightFile("turbo", TURBO_REPO, filename, f"turbo/{filename}")
-    for filename in (
-        "scheduler/scheduler_config.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "tokenizer/tokenizer_config.json",
-        "tokenizer/special_tokens_map.json",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-    )
+    WeightFile("turbo", TURBO_REPO, filename, f"turbo/{filename}") for filename in SD2_BASE_LAYOUT
 )
