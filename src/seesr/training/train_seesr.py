@@ -217,6 +217,69 @@ def _encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: list[str],
     return text_encoder(ids)[0]
 
 
+def _model_inputs(
+    config: TrainSeeSRConfig,
+    parts: dict[str, Any],
+    batch: Any,
+    pair_seed: int,
+    generator: torch.Generator,
+    device: torch.device,
+    weight_dtype: torch.dtype,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One batch made into the module's inputs ``(noisy latents, timesteps, text embeddings, control, image
+    embeddings)`` and the loss target, without gradients: the degraded pair (seeded by ``pair_seed``), the GT latent
+    noised at random timesteps, the tags (a fraction dropped for CFG) and DAPE's image embeddings of the LR."""
+    noise_scheduler, vae, tagger = parts["noise_scheduler"], parts["vae"], parts["tagger"]
+    with torch.no_grad():
+        pair = training_data.stage2_inputs(batch, config.data, pair_seed, device)
+        latents = vae.encode(pair.gt.to(weight_dtype)).latent_dist.sample(generator=generator)
+        latents = latents.float() * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device
+        ).long()
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        tags = training_data.fill_missing_tags(pair.tags, pair.gt, parts["caption_tagger"])
+        keep = torch.rand(len(tags), generator=generator, device=device) >= config.model.null_text_ratio
+        prompts = [tag if kept else "" for tag, kept in zip(tags, keep.tolist(), strict=True)]
+        text_embeds = _encode_prompts(parts["tokenizer"], parts["text_encoder"], prompts, device)
+        ram_input = training_data.stage2_ram_input(pair.control).to(dtype=weight_dtype)
+        image_embeds = tagger.encode_image(ram_input)[1]  # soft prompt only: no tagging head needed
+        control = pair.control.to(device=device, dtype=weight_dtype)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+    return (noisy_latents, timesteps, text_embeds, control, image_embeds), target
+
+
+def _save_final(
+    accelerator: Any, config: TrainSeeSRConfig, module: Any, tagger: Any, weight_dtype: torch.dtype
+) -> Path | None:
+    """The trained model, written by the main process: official ``unet/`` + ``controlnet/`` and a complete model
+    folder. The frozen parts are written from their float32 sources, never from the copies cast to the AMP dtype for
+    training. Returns the model folder on the main process, None on the others."""
+    output_dir = Path(config.train.output_dir)
+    final_unet, final_controlnet = _final_models(accelerator, module, config)
+    final_dir = None
+    if accelerator.is_main_process:
+        final_dir = output_dir / "model"
+        nn.Module.to(final_unet, dtype=torch.float32)
+        nn.Module.to(final_controlnet, dtype=torch.float32)
+        if not config.model.keep_frozen_unet_fp32 and weight_dtype != torch.float32:
+            _restore_frozen_weights(final_unet, config.model, int(tagger.config.image_embed_dim))
+        export_seesr_model(
+            final_unet,
+            final_controlnet,
+            config.model,
+            final_dir,
+            output_dir / "official",
+            _load_frozen_parts(config.model),
+        )
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
 def main(config: TrainSeeSRConfig) -> TrainResult:
     """Train stage 2 as configured; returns the losses of this call and where the model was written."""
     train, optim = config.train, config.optim
@@ -229,8 +292,7 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
 
     # 2. Build.
     parts = _build_models(config)
-    tokenizer, text_encoder, vae = parts["tokenizer"], parts["text_encoder"], parts["vae"]
-    noise_scheduler, tagger = parts["noise_scheduler"], parts["tagger"]
+    text_encoder, vae, tagger = parts["text_encoder"], parts["vae"], parts["tagger"]
     unet, controlnet = parts["unet"], parts["controlnet"]
 
     # 3. Freeze: VAE, text encoder and DAPE are frozen, in eval mode and stored in the AMP dtype.
@@ -285,8 +347,6 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
     bar = progress_bar(max_train_steps, global_step, config.logging.progress_bar and accelerator.is_local_main_process)
     micro_index = 0
     accumulated = 0.0
-    scaling_factor = vae.config.scaling_factor
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:
             break
@@ -298,31 +358,9 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
             seed_global_rng(train.seed, micro_step, accelerator.process_index)
             generator = step_generator(train.seed, micro_step, accelerator.process_index, device)
             with accelerator.accumulate(module):
-                with torch.no_grad():
-                    pair = training_data.stage2_inputs(
-                        batch, config.data, step_seed(train.seed + 1, micro_step, accelerator.process_index), device
-                    )
-                    latents = vae.encode(pair.gt.to(weight_dtype)).latent_dist.sample(generator=generator)
-                    latents = latents.float() * scaling_factor
-                    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-                    timesteps = torch.randint(
-                        0, num_train_timesteps, (latents.shape[0],), generator=generator, device=device
-                    ).long()
-                    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                    tags = training_data.fill_missing_tags(pair.tags, pair.gt, parts["caption_tagger"])
-                    keep = torch.rand(len(tags), generator=generator, device=device) >= config.model.null_text_ratio
-                    prompts = [tag if kept else "" for tag, kept in zip(tags, keep.tolist(), strict=True)]
-                    text_embeds = _encode_prompts(tokenizer, text_encoder, prompts, device)
-                    ram_input = training_data.stage2_ram_input(pair.control).to(dtype=weight_dtype)
-                    image_embeds = tagger.encode_image(ram_input)[1]  # soft prompt only: no tagging head needed
-                    control = pair.control.to(device=device, dtype=weight_dtype)
-                    if noise_scheduler.config.prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                    else:
-                        target = noise
-
-                prediction = module(noisy_latents, timesteps, text_embeds, control, image_embeds)
-                loss = diffusion_loss(prediction, target)
+                pair_seed = step_seed(train.seed + 1, micro_step, accelerator.process_index)
+                inputs, target = _model_inputs(config, parts, batch, pair_seed, generator, device, weight_dtype)
+                loss = diffusion_loss(module(*inputs), target)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, optim.max_grad_norm)
@@ -355,27 +393,11 @@ def main(config: TrainSeeSRConfig) -> TrainResult:
                 break
     bar.close()
 
-    # 7. Save: official unet/ + controlnet/ (separate folders) and a complete model folder. The frozen parts are
-    #    written from their float32 sources, never from the copies cast to the AMP dtype for training.
+    # 7. Save: official unet/ + controlnet/ (separate folders) and a complete model folder (main process).
     accelerator.wait_for_everyone()
-    final_dir = None  # set on the main process, the one that writes the model
+    final_dir = None
     if global_step >= max_train_steps:
-        final_unet, final_controlnet = _final_models(accelerator, module, config)
-        if accelerator.is_main_process:
-            final_dir = output_dir / "model"
-            nn.Module.to(final_unet, dtype=torch.float32)
-            nn.Module.to(final_controlnet, dtype=torch.float32)
-            if not config.model.keep_frozen_unet_fp32 and weight_dtype != torch.float32:
-                _restore_frozen_weights(final_unet, config.model, int(tagger.config.image_embed_dim))
-            export_seesr_model(
-                final_unet,
-                final_controlnet,
-                config.model,
-                final_dir,
-                output_dir / "official",
-                _load_frozen_parts(config.model),
-            )
-        accelerator.wait_for_everyone()
+        final_dir = _save_final(accelerator, config, module, tagger, weight_dtype)
     accelerator.end_training()
     unwrapped = accelerator.unwrap_model(module)
     return TrainResult(
