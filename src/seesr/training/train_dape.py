@@ -45,6 +45,32 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 
+def _loss_terms(
+    config: TrainDAPEConfig,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    batch: Any,
+    pair_seed: int,
+    device: torch.device,
+    weight_dtype: torch.dtype,
+) -> Any:
+    """Eq. (1) on one batch: the degraded pair (seeded by ``pair_seed``), the teacher on the HR side without
+    gradients, the student on the LR side."""
+    with torch.no_grad():
+        pair = training_data.dape_inputs(batch, config.data, pair_seed, device)
+        teacher_out = teacher(pair.hr_ram.to(weight_dtype))
+    # The prepared (possibly DDP-wrapped) student is called through forward (REFERENCE.md §7 #31).
+    student_out = student(pair.lr_ram)
+    return dape_loss(
+        student_out.image_embeds,
+        teacher_out.image_embeds,
+        student_out.logits,
+        teacher_out.logits,
+        feature_weight=config.loss.feature_weight,
+        logits_weight=config.loss.logits_weight,
+    )
+
+
 def main(config: TrainDAPEConfig) -> TrainResult:
     """Train stage 1 as configured; returns the losses of this call and where ``DAPE.pth`` was written."""
     train, optim = config.train, config.optim
@@ -108,21 +134,8 @@ def main(config: TrainDAPEConfig) -> TrainResult:
             micro_step = global_step * train.gradient_accumulation_steps + micro_index
             seed_global_rng(train.seed, micro_step, accelerator.process_index)
             with accelerator.accumulate(student):
-                with torch.no_grad():
-                    pair = training_data.dape_inputs(
-                        batch, config.data, step_seed(train.seed + 1, micro_step, accelerator.process_index), device
-                    )
-                    teacher_out = teacher(pair.hr_ram.to(weight_dtype))
-                # The prepared (possibly DDP-wrapped) student is called through forward (REFERENCE.md §7 #31).
-                student_out = student(pair.lr_ram)
-                terms = dape_loss(
-                    student_out.image_embeds,
-                    teacher_out.image_embeds,
-                    student_out.logits,
-                    teacher_out.logits,
-                    feature_weight=config.loss.feature_weight,
-                    logits_weight=config.loss.logits_weight,
-                )
+                pair_seed = step_seed(train.seed + 1, micro_step, accelerator.process_index)
+                terms = _loss_terms(config, teacher, student, batch, pair_seed, device, weight_dtype)
                 accelerator.backward(terms.total)
                 if accelerator.sync_gradients and optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, optim.max_grad_norm)
