@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     from seesr.cli.main import CLIError
     from seesr.evaluation.benchmark import detect_layout, guess_paper_row
     from seesr.evaluation.pairing import list_images
-    from seesr.utils.images import write_text_atomic
+    from seesr.utils.files import write_text_atomic
 
     if args.semantic:
         return _run_semantic(args)

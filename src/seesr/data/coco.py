@@ -38,7 +38,8 @@ from seesr.data.prepare import MANIFEST_NAME, PrepareError, _check_manifest
 from seesr.data.transforms import pil_to_tensor, resize_gt, tensor_to_pil
 from seesr.degradations.config import DegradationConfig
 from seesr.degradations.pipeline import synthesize_pair
-from seesr.utils.images import ImageReadError, load_image, save_image_atomic, write_text_atomic
+from seesr.utils.files import write_text_atomic
+from seesr.utils.images import ImageReadError, load_image, save_image_atomic
 
 __all__ = [
     "INSTANCES_NAME",

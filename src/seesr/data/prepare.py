@@ -34,7 +34,8 @@ from seesr.data.datasets import MIN_FILE_BYTES, MIN_PIXELS, item_generator, list
 from seesr.data.transforms import pil_to_tensor, random_crop_gt, resize_gt, tensor_to_pil
 from seesr.degradations.config import DegradationConfig
 from seesr.degradations.pipeline import synthesize_pair
-from seesr.utils.images import ImageReadError, load_image, save_image_atomic, write_text_atomic
+from seesr.utils.files import write_text_atomic
+from seesr.utils.images import ImageReadError, load_image, save_image_atomic
 
 __all__ = [
     "MANIFEST_NAME",

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seesr.utils.images import write_text_atomic
+from seesr.utils.files import write_text_atomic
 
 __all__ = [
     "DATASET_LAYOUTS",

@@ -21,7 +21,7 @@ from typing import Any
 from seesr import __version__
 from seesr.evaluation.evaluate import EvaluationResult
 from seesr.evaluation.registry import METRICS
-from seesr.utils.images import write_text_atomic
+from seesr.utils.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +162,8 @@ def _plot(result: EvaluationResult, path: Path) -> Path | None:
     else:
         axes[-1].set_xlabel("image index (sorted by name)")
     figure.suptitle(f"{result.pred_dir.name}: per-image scores")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part.png")
-    figure.savefig(temporary, dpi=100)
-    temporary.replace(path)
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     return path
 
 

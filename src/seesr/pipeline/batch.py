@@ -8,7 +8,6 @@ still written. Outputs are written atomically and never onto an input file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ from seesr.pipeline.preprocess import (
 from seesr.utils.device import available_memory, is_out_of_memory, release_memory
 from seesr.utils.device import free_accelerator_memory as _free_accelerator_memory
 from seesr.utils.device import is_accelerator_oom as _is_oom
+from seesr.utils.files import file_sha256
 from seesr.utils.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     ImageReadError,
@@ -159,15 +159,6 @@ def split_seesr_outputs(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return inputs, outputs
 
 
-def input_fingerprint(path: Path) -> str:
-    """sha256 of an input file: stored in its output, so a rerun recognises what it already wrote."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _complete_record(target: Path) -> dict[str, Any] | None:
     """The record of ``target`` if it is a complete, readable PNG that seesr wrote; else None."""
     try:
@@ -190,7 +181,7 @@ def already_done(source: Path, target: Path) -> bool:
     if "input_sha256" not in record:  # written before the sha256 was recorded: the input's file name decides
         return record.get("input") == source.name
     try:
-        return record["input_sha256"] == input_fingerprint(source)
+        return record["input_sha256"] == file_sha256(source)
     except OSError:
         return False
 
@@ -407,7 +398,7 @@ def _process_one(
         )
     try:
         loaded = load_image(source, max_pixels=settings.max_input_pixels)
-        fingerprint = input_fingerprint(source)
+        fingerprint = file_sha256(source)
         _check_size(pipe, loaded, settings)
     except ImageReadError as error:
         return FileResult(source, None, "failed", str(error), seed)

@@ -55,14 +55,20 @@ def split_tags(text: str | Sequence[str] | None) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
-def process_size_for(width: int, height: int, upscale: int, process_size: int) -> tuple[int, int]:
-    """The ``(W, H)`` the diffusion runs at for an LR image of ``(width, height)`` (multiples of 8)."""
+def _enlarged_size(width: int, height: int, upscale: int, process_size: int) -> tuple[int, int]:
+    """An LR side under ``process_size // upscale``: the size at which the shorter side reaches it (truncated)."""
     minimum = process_size // upscale
     if width < minimum or height < minimum:
         scale = minimum / min(width, height)
-        width, height = int(scale * width), int(scale * height)
-    width, height = width * upscale, height * upscale
-    return width // 8 * 8, height // 8 * 8
+        return int(scale * width), int(scale * height)
+    return width, height
+
+
+def process_size_for(width: int, height: int, upscale: int, process_size: int) -> tuple[int, int]:
+    """The ``(W, H)`` the diffusion runs at for an LR image of ``(width, height)`` (multiples of 8): the steps of
+    :func:`prepare_control_image`, on sizes."""
+    width, height = _enlarged_size(width, height, upscale, process_size)
+    return width * upscale // 8 * 8, height * upscale // 8 * 8
 
 
 class ProcessingSizeError(ValueError):
@@ -165,11 +171,9 @@ def prepare_control_image(image: Image.Image, upscale: int = 4, process_size: in
     """
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
-    width, height = image.size
-    minimum = process_size // upscale
-    if width < minimum or height < minimum:
-        scale = minimum / min(width, height)
-        image = image.resize((int(scale * width), int(scale * height)), Image.Resampling.BICUBIC)
+    enlarged = _enlarged_size(*image.size, upscale, process_size)
+    if enlarged != image.size:
+        image = image.resize(enlarged, Image.Resampling.BICUBIC)
     width, height = image.size
     image = image.resize((width * upscale, height * upscale), Image.Resampling.BICUBIC)
     width, height = image.size

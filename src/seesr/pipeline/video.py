@@ -39,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from seesr.pipeline.batch import UpscaleSettings, _check_size, _upscale_with_retries, png_metadata
-from seesr.utils.images import LoadedImage, save_image_atomic, write_text_atomic
+from seesr.utils.files import write_text_atomic
+from seesr.utils.images import LoadedImage, save_image_atomic
 from seesr.utils.video_io import (
     EncodeOptions,
     FrameItem,

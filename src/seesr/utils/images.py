@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+from seesr.utils.files import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000
@@ -245,14 +246,6 @@ def iter_image_files(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], l
     return unique, problems
 
 
-def _publish(temporary: str, destination: Path) -> None:
-    """Give the temporary file normal permissions (mkstemp makes it 0600) and rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, destination)
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -295,31 +288,8 @@ def save_image_atomic(
         save_kwargs["quality"] = 95
         if image.mode == "RGBA":
             image = image.convert("RGB")
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format=file_format, **save_kwargs)
-            stream.flush()
-            os.fsync(stream.fileno())
-        _publish(temporary, destination)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return destination
-
-
-def write_text_atomic(text: str, destination: str | os.PathLike) -> Path:
-    """Write a text file atomically (temporary file + rename)."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        _publish(temporary, destination)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_path(destination) as temporary, open(temporary, "wb") as stream:
+        image.save(stream, format=file_format, **save_kwargs)
+        stream.flush()
+        os.fsync(stream.fileno())
     return destination

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from seesr.utils.files import atomic_path
 from seesr.utils.images import IMAGE_EXTENSIONS, ImageReadError, load_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
@@ -284,20 +284,12 @@ def encode_video(
     av = _av()
     options = options or EncodeOptions()
     time_base = time_base or Fraction(1, 1) / fps
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{destination.stem}.", suffix=destination.suffix, dir=destination.parent
-    )
-    os.close(handle)
     warnings: list[str] = []
     try:
-        _encode_into(av, temporary, frames, fps, time_base, rotation, copy_from, options, warnings)
-        os.replace(temporary, destination)
+        with atomic_path(destination, suffix=destination.suffix) as temporary:  # the suffix names the container
+            _encode_into(av, temporary, frames, fps, time_base, rotation, copy_from, options, warnings)
     except av.error.FFmpegError as error:
         raise VideoError(f"{destination}: cannot write video ({error})") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return warnings
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from seesr.utils.files import atomic_path
 from seesr.weights import lock as weights_lock
 from seesr.weights.catalog import CATALOG, WeightFile, files_for, pinned_revisions, with_override
 from seesr.weights.resolve import (
@@ -294,14 +295,12 @@ def _place(source: Path, destination: Path) -> None:
     source = source.resolve()
     if destination.exists() and destination.stat().st_size == source.stat().st_size:
         return
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.part")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, destination)
+    with atomic_path(destination) as temporary:
+        os.unlink(temporary)  # a fresh name for the link
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
 
 
 def download_weights(

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from seesr.utils.files import write_text_atomic
 from seesr.weights.catalog import WeightFile, with_override
 from seesr.weights.resolve import MissingWeightsError, seesr_home
 
@@ -70,11 +70,7 @@ def _read_all(path: Path) -> list[dict]:
 
 def _write_all(records: list[dict], path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-        text = json.dumps({"version": LOCK_VERSION, "files": records}, indent=1) + "\n"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomic(json.dumps({"version": LOCK_VERSION, "files": records}, indent=1) + "\n", path)
     except OSError as error:
         logger.warning("could not write the weights lock %s: %s", path, error)
 

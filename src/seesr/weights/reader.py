@@ -18,7 +18,6 @@ file raises :class:`FileNotFoundError` naming it (callers that know the reposito
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from seesr.utils.files import file_sha256
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -59,15 +60,6 @@ class WeightReadError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # checksums
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str) -> None:

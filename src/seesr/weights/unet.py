@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -35,6 +34,7 @@ from safetensors.torch import save_file
 from seesr.models.convert import official_to_seesr_keys, seesr_to_official_keys
 from seesr.models.image_cross_attention import DEFAULT_IMAGE_CROSS_ATTENTION_DIM, get_image_cross_attention_dim
 from seesr.models.limits import check_unet_config, empty_seesr_model
+from seesr.utils.files import atomic_path
 from seesr.utils.limits import ConfigLimitError
 from seesr.weights.reader import (
     WeightReadError,
@@ -393,14 +393,8 @@ def load_seesr_controlnet(
 
 
 def _atomic_write(destination: Path, write: Any) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    os.close(handle)
-    try:
+    with atomic_path(destination) as temporary:
         write(temporary)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_seesr_model(

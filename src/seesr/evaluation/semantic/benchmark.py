@@ -27,7 +27,8 @@ import numpy as np
 
 from seesr.evaluation.pairing import list_images, pair_files
 from seesr.evaluation.semantic.metrics import ImagePrediction, score_predictions
-from seesr.utils.images import ImageReadError, load_image, save_image_atomic, write_text_atomic
+from seesr.utils.files import atomic_path, write_text_atomic
+from seesr.utils.images import ImageReadError, load_image, save_image_atomic
 
 __all__ = [
     "COLUMNS",
@@ -277,10 +278,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.part")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(buffer.getvalue())
 
 
 def write_semantic_report(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> dict[str, Path]:
