@@ -227,6 +227,9 @@ def evaluate_files(
     """:func:`evaluate_folders` on explicit file lists (e.g. a dataset whose LR and HR images share a folder).
 
     ``pred_label`` / ``gt_label`` name the sources in the report; ``gt_files=None`` is no-reference mode.
+    1. check the arguments and pair the files; 2. build the scorers (a metric that cannot be built is skipped or
+    raised, per ``skip_unavailable``); 3. score every image, a failure recorded on that image only; 4. FID over the
+    readable pairs.
     """
     from tqdm.auto import tqdm
 
@@ -240,7 +243,37 @@ def evaluate_files(
     result = EvaluationResult(pred_dir=pred_dir, gt_dir=gt_path, metrics=names, records=[])
     result.problems.extend(pairing.problems)
     result.problems.extend(f"{g.name}: ground truth without a prediction (not evaluated)" for g in pairing.unpaired_gt)
-    result.settings = {
+    result.settings = _settings_record(crop_border, device)
+    result.versions = metric_package_versions()
+
+    to_build = _preflight(names, allow_download, skip_unavailable, result.skipped_metrics)
+    scorers: dict[str, Scorer] = {}
+    _build_tag_scorers(to_build, scorers, result, device, tagger, allow_download, skip_unavailable, progress)
+    options = {"device": device, "allow_download": allow_download, "trust_weights": trust_weights}
+    _build_image_scorers(to_build, scorers, result, skip_unavailable, crop_border=crop_border, **options)
+    per_image = [name for name in names if name != "fid" and name in scorers]
+
+    unpaired = set(pairing.unpaired_pred)
+    items: list[tuple[Path, Path | None]] = list(pairing.pairs) + [(p, None) for p in pairing.unpaired_pred]
+    items.sort(key=lambda pair: pair[0].name)
+    fid_pairs: list[tuple[Path, Path]] = []
+    for pred_path, gt_file in tqdm(items, desc="seesr eval", unit="img", disable=not progress):
+        record = ImageRecord(name=pred_path.name, pred=pred_path, gt=gt_file)
+        result.records.append(record)
+        if pred_path in unpaired:
+            record.problems.append("no ground truth with a matching name (no-reference metrics only)")
+        _score_image(record, scorers, per_image, fid_pairs)
+
+    if "fid" in to_build:
+        _add_fid(result, fid_pairs, skip_unavailable, **options)
+    for problem in result.all_problems:  # the caller reports them (seesr eval prints the first few)
+        logger.debug("%s", problem)
+    return result
+
+
+def _settings_record(crop_border: int, device: Any) -> dict[str, Any]:
+    """How the scores were computed, for the report."""
+    return {
         "crop_border": crop_border,
         "crop_border_applies_to": ["psnr", "ssim"],
         "colour": COLOUR_SETTING,
@@ -252,86 +285,76 @@ def evaluate_files(
         "device": str(device),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    result.versions = metric_package_versions()
 
-    per_image = [name for name in names if name != "fid"]
-    to_build = _preflight(names, allow_download, skip_unavailable, result.skipped_metrics)
-    scorers: dict[str, Scorer] = {}
-    _build_tag_scorers(to_build, scorers, result, device, tagger, allow_download, skip_unavailable, progress)
+
+def _build_image_scorers(
+    to_build: Sequence[str],
+    scorers: dict[str, Scorer],
+    result: EvaluationResult,
+    skip_unavailable: bool,
+    **options: Any,
+) -> None:
+    """The per-image scorers (not FID, not the tag metrics) into ``scorers``; one that cannot be built is skipped
+    (with ``skip_unavailable``, noted in ``result``) or raised."""
     for name in to_build:
         if name == "fid" or name in TAG_METRICS:
             continue
         try:
-            scorers[name] = build_scorer(
-                name,
-                device=device,
-                allow_download=allow_download,
-                trust_weights=trust_weights,
-                crop_border=crop_border,
-            )
+            scorers[name] = build_scorer(name, **options)
         except MetricUnavailableError as error:
             if not skip_unavailable:
                 raise
             result.skipped_metrics[name] = str(error)
             logger.warning("skipping %s: %s", METRICS[name].label, error)
-    per_image = [name for name in per_image if name in scorers]
 
-    unpaired = set(pairing.unpaired_pred)
-    items: list[tuple[Path, Path | None]] = list(pairing.pairs) + [(p, None) for p in pairing.unpaired_pred]
-    items.sort(key=lambda pair: pair[0].name)
-    fid_pred: list[Path] = []
-    fid_gt: list[Path] = []
-    for pred_path, gt_file in tqdm(items, desc="seesr eval", unit="img", disable=not progress):
-        record = ImageRecord(name=pred_path.name, pred=pred_path, gt=gt_file)
-        result.records.append(record)
-        if pred_path in unpaired:
-            record.problems.append("no ground truth with a matching name (no-reference metrics only)")
-        pred, problem = _load_rgb(pred_path)
+
+def _score_image(
+    record: ImageRecord, scorers: dict[str, Scorer], per_image: Sequence[str], fid_pairs: list[tuple[Path, Path]]
+) -> None:
+    """Read the prediction (and its ground truth) of ``record`` and score it; problems go to the record, and a pair
+    whose two images were readable joins ``fid_pairs``."""
+    pred, problem = _load_rgb(record.pred)
+    if problem:
+        record.problems.append(f"prediction {problem}")
+        return
+    record.size = (pred.shape[1], pred.shape[0])
+    gt = None
+    if record.gt is not None:
+        gt, problem = _load_rgb(record.gt)
         if problem:
-            record.problems.append(f"prediction {problem}")
+            record.problems.append(f"ground truth {problem}")
+        else:
+            fid_pairs.append((record.pred, record.gt))
+            if gt.shape != pred.shape:
+                record.problems.append(
+                    f"size mismatch: prediction {pred.shape[1]}x{pred.shape[0]}, ground truth "
+                    f"{gt.shape[1]}x{gt.shape[0]} ({record.gt.name}); full-reference metrics skipped"
+                )
+                gt = None
+    for name in per_image:
+        info = METRICS[name]
+        if info.needs_gt and gt is None:
             continue
-        record.size = (pred.shape[1], pred.shape[0])
-        gt = None
-        if gt_file is not None:
-            gt, problem = _load_rgb(gt_file)
-            if problem:
-                record.problems.append(f"ground truth {problem}")
-            else:
-                fid_pred.append(pred_path)
-                fid_gt.append(gt_file)
-                if gt.shape != pred.shape:
-                    record.problems.append(
-                        f"size mismatch: prediction {pred.shape[1]}x{pred.shape[0]}, ground truth "
-                        f"{gt.shape[1]}x{gt.shape[0]} ({gt_file.name}); full-reference metrics skipped"
-                    )
-                    gt = None
-        for name in per_image:
-            info = METRICS[name]
-            if info.needs_gt and gt is None:
-                continue
-            try:
-                value = scorers[name](pred, gt if info.needs_gt else None)
-            except Exception as error:  # one image must not stop the folder
-                record.problems.append(f"{name}: {type(error).__name__}: {error}")
-                logger.debug("%s failed on %s", name, pred_path, exc_info=True)
-                continue
-            record.scores[name] = value
-
-    if "fid" in to_build:
         try:
-            result.fid_count = len(fid_pred)
-            result.fid = compute_fid(
-                fid_pred, fid_gt, device=device, allow_download=allow_download, trust_weights=trust_weights
-            )
-        except MetricUnavailableError as error:
-            if not skip_unavailable:
-                raise
-            result.skipped_metrics["fid"] = str(error)
-        except ValueError as error:
-            result.problems.append(f"FID not computed: {error}")
-            result.fid = None
-        if result.fid is not None and not math.isfinite(result.fid):
-            result.problems.append("FID is not finite (too few images for a covariance estimate?)")
-    for problem in result.all_problems:  # the caller reports them (seesr eval prints the first few)
-        logger.debug("%s", problem)
-    return result
+            record.scores[name] = scorers[name](pred, gt if info.needs_gt else None)
+        except Exception as error:  # one image must not stop the folder
+            record.problems.append(f"{name}: {type(error).__name__}: {error}")
+            logger.debug("%s failed on %s", name, record.pred, exc_info=True)
+
+
+def _add_fid(
+    result: EvaluationResult, fid_pairs: list[tuple[Path, Path]], skip_unavailable: bool, **options: Any
+) -> None:
+    """FID of the predictions against the ground truths of ``fid_pairs`` into ``result``."""
+    try:
+        result.fid_count = len(fid_pairs)
+        result.fid = compute_fid([p for p, _ in fid_pairs], [g for _, g in fid_pairs], **options)
+    except MetricUnavailableError as error:
+        if not skip_unavailable:
+            raise
+        result.skipped_metrics["fid"] = str(error)
+    except ValueError as error:
+        result.problems.append(f"FID not computed: {error}")
+        result.fid = None
+    if result.fid is not None and not math.isfinite(result.fid):
+        result.problems.append("FID is not finite (too few images for a covariance estimate?)")
