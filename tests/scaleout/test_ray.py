@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -164,17 +165,40 @@ def test_a_killed_actor_leaves_no_partial_file_and_skip_existing_completes_the_s
     for name in written:
         assert _record(out / name)["input"] == name  # every file there is complete and readable
     first = capsys.readouterr()
+    assert "Traceback" not in first.err + first.out and "(raylet)" not in first.out
     if retries:
         # the actor is replaced and the item it held is retried: the whole set, first time
         assert code == 0 and len(written) == 6
-    elif code != 0:  # no retries: the run stops in one line, with what was written complete
-        assert "the Ray run stopped after" in first.err and "--skip-existing" in first.err
-        assert "Traceback" not in first.err
+    else:  # no retries: the item it held is reported (once, by name) and the others are written
+        failed = [line for line in first.err.splitlines() if "the Ray worker processing it died once" in line]
+        assert code == 1 and len(failed) == 1 and len(written) == 5, first.err
+        assert "5 written, 0 skipped, 1 failed" in first.out
     assert main([*argv, "--skip-existing"]) == 0
     counts = re.search(r"(\d+) written, (\d+) skipped, 0 failed", capsys.readouterr().out)
-    # a stopped run's items still in flight may finish after it returned: at least what was there is skipped
-    assert counts and int(counts[1]) + int(counts[2]) == 6 and int(counts[2]) >= len(written)
+    assert counts and (int(counts[1]), int(counts[2])) == (6 - len(written), len(written))
     assert len(list(out.glob("*.png"))) == 6
+
+
+class _CrashesOn:
+    """A worker whose process dies on one item, as a segfault in a decoder or the kernel's OOM killer would."""
+
+    def __init__(self, poison: str) -> None:
+        self.poison = poison
+
+    def process(self, item: dict) -> dict:
+        if item["key"] == self.poison:
+            os._exit(1)
+        return {"status": "ok", "message": item["key"]}
+
+
+def test_an_item_that_kills_its_worker_is_given_up_and_the_others_are_done(cluster):
+    from seesr.utils.ray_jobs import RayOptions, run_items
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import the tests
+    items = [{"key": f"item{index}"} for index in range(6)]
+    results = run_items(items, _CrashesOn, ("item2",), RayOptions(actors=2, retries=1), show_progress=False)
+    assert [result["status"] for result in results] == ["ok", "ok", "failed", "ok", "ok", "ok"]
+    assert results[2]["message"].startswith("item2: the Ray worker processing it died 2 times")
 
 
 def test_prepare_through_ray_writes_the_local_files(cluster, tmp_path):

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from seesr.cli.argtypes import non_negative_float, positive_int
+from seesr.cli.argtypes import non_negative_float, non_negative_int, positive_int
 from seesr.cli.main import EXIT_FAILURE, EXIT_USAGE, CLIError
 
 
@@ -50,10 +50,11 @@ def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     )
     group.add_argument(
         "--ray-retries",
-        type=int,
+        type=non_negative_int,
         default=3,
         metavar="N",
-        help="retries of an item whose actor died holding it (default: 3); after that it is reported as failed",
+        help="retries of an item whose actor died under it (a crash, the OOM killer, a lost node; default: 3); "
+        "after that it is reported as failed, while the other items go on",
     )
 
 
@@ -88,7 +89,7 @@ def run_on_cluster(
         actors=args.ray_actors,
         gpus_per_actor=args.ray_gpus_per_actor,
         cpus_per_actor=args.ray_cpus_per_actor,
-        retries=max(0, args.ray_retries),
+        retries=args.ray_retries,
     )
     try:
         with ray_session(options.address, quiet=not getattr(args, "verbose", False)):

@@ -8,12 +8,13 @@ Every command that scales out (``seesr upscale/prepare/tag --ray``) describes it
   ``process(item) -> dict`` does one item and returns ``{"status": "ok" | "skipped" | "failed", "message": str}``
   plus any more string fields. It writes its outputs itself, atomically, as the local run does.
 
-:func:`run_items` feeds the items through ``Dataset.map_batches`` with an actor pool (one item per task, so every
-item is retried alone). What Ray Data already does is used as is: a dead actor is replaced (``max_restarts``) and
-the item it held is retried (``max_task_retries``); an item that keeps killing its actor is given up after
-``retries`` attempts and reported as failed while the other items go on (``DataContext.max_errored_blocks``). An
+:func:`run_items` feeds the items through ``Dataset.map_batches`` with an actor pool (one item per task). An
 exception inside ``process`` is caught in the actor and becomes a ``failed`` result (it is not retried: bad input
-stays bad). The driver shows one progress bar and hands each result to ``on_result`` as it arrives.
+stays bad). An actor that *dies* (a crash in native code, the kernel's OOM killer, a lost node) is replaced by Ray
+Data, and the one task it was running is dropped (an errored block, ``DataContext.max_errored_blocks``) while the
+other items go on; the driver then runs the dropped items again, up to ``retries`` times each, and gives up on an
+item that keeps killing its worker (reported as failed). The driver shows one progress bar and hands each result to
+``on_result`` as it arrives.
 
 :func:`ray_session` connects to a cluster (an address, ``auto``, or ``RAY_ADDRESS``) or starts a local one, and
 restores what it changed on exit. This module knows nothing about SeeSR; the workers live with their commands.
@@ -264,6 +265,27 @@ def _data_context(max_errored_blocks: int) -> Iterator[None]:
         data_logger.setLevel(level)
 
 
+@dataclass
+class _Run:
+    """One :func:`run_items` call: what it runs with, and the results so far."""
+
+    worker_class: type
+    worker_args: tuple
+    options: RayOptions
+    resources: RayResources
+    bar: Any
+    on_result: Callable[[dict[str, str]], None] | None
+    total: int
+    description: str
+    results: dict[str, dict[str, str]]
+
+    def record(self, result: dict[str, str]) -> None:
+        self.results[result["key"]] = result
+        self.bar.update(1)
+        if self.on_result is not None:
+            self.on_result(result)
+
+
 def run_items(
     items: Sequence[dict[str, str]],
     worker_class: type,
@@ -278,6 +300,10 @@ def run_items(
 
     An item whose actor died more than ``options.retries`` times gets ``status`` ``"failed"`` with a message
     saying so. Must run inside :func:`ray_session`.
+
+    Raises:
+        RayJobError: the workers cannot start (their constructor fails), or a pass stopped without finishing a
+            single item (e.g. the cluster went away).
     """
     import ray
     from tqdm.auto import tqdm
@@ -289,41 +315,69 @@ def run_items(
         raise ValueError("item keys must be unique")
     resources = plan_resources(options, ray.cluster_resources(), len(ray.nodes()), len(items))
     logger.debug("Ray: %s", resources.describe())
+    progress = tqdm(
+        total=len(items), desc=f"{description} (Ray: {resources.describe()})", unit="item", disable=not show_progress
+    )
+    run = _Run(worker_class, tuple(worker_args), options, resources, progress, on_result, len(items), description, {})
+    with _data_context(max_errored_blocks=len(items)), progress:
+        _run_until_done(run, list(items))
+    return [run.results[key] for key in keys]
+
+
+def _run_until_done(run: _Run, items: list[dict[str, str]]) -> None:
+    """Passes over the items without a result. Ray Data skips the task of an item whose actor died holding it (an
+    errored block, allowed by ``max_errored_blocks``) and replaces the actor, so after a pass the items without a
+    result are exactly those whose actor died under them: each is retried up to ``retries`` times, then given up."""
+    deaths: dict[str, int] = {}
+    pending = items
+    while pending:
+        done_before = len(run.results)
+        stopped = _one_pass(run, pending)
+        pending = [item for item in pending if item["key"] not in run.results]
+        if stopped is not None:  # Ray gave up on the pass itself: go on while passes make progress
+            if len(run.results) == done_before:
+                raise RayJobError(_stop_message(stopped, len(run.results), run.total, run.description))
+            continue
+        for item in pending:
+            deaths[item["key"]] = deaths.get(item["key"], 0) + 1
+            if deaths[item["key"]] > run.options.retries:
+                run.record(_given_up(item["key"], deaths[item["key"]]))
+            else:
+                logger.debug("retrying %s: its Ray worker died", item["key"])
+        pending = [item for item in pending if item["key"] not in run.results]
+
+
+def _one_pass(run: _Run, items: list[dict[str, str]]) -> BaseException | None:
+    """Run ``items`` once through an actor pool (as many actors as the plan says, at most one per item); returns
+    None when the pass ran to its end, or the Ray error that stopped it. A worker that cannot start is raised."""
+    import ray
+
     with warnings.catch_warnings():  # Ray 2.60 names no parameter for the retries yet, only **ray_remote_args
         warnings.simplefilter("ignore", DeprecationWarning)
         dataset = ray.data.from_items(list(items), override_num_blocks=len(items)).map_batches(
             _ItemMapper,
-            fn_constructor_args=(worker_class, tuple(worker_args)),
+            fn_constructor_args=(run.worker_class, run.worker_args),
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=resources.actors, max_tasks_in_flight_per_actor=1),
-            num_cpus=resources.num_cpus,
-            num_gpus=resources.num_gpus,
-            max_restarts=-1,
-            max_task_retries=max(0, options.retries),
+            compute=ray.data.ActorPoolStrategy(
+                size=min(run.resources.actors, len(items)), max_tasks_in_flight_per_actor=1
+            ),
+            num_cpus=run.resources.num_cpus,
+            num_gpus=run.resources.num_gpus,
+            max_restarts=-1,  # a dead actor is replaced ...
+            max_task_retries=0,  # ... and the item it held is retried by the driver (see _run_until_done)
         )
-    results: dict[str, dict[str, str]] = {}
-    with (
-        _data_context(max_errored_blocks=len(items)),
-        tqdm(
-            total=len(items),
-            desc=f"{description} (Ray: {resources.describe()})",
-            unit="item",
-            disable=not show_progress,
-        ) as bar,
-    ):
-        try:
-            for row in dataset.iter_rows():
-                result = {name: str(_plain(value)) for name, value in row.items()}
-                results[result["key"]] = result
-                bar.update(1)
-                if on_result is not None:
-                    on_result(result)
-        except Exception as error:
-            if not _is_ray_error(error):
-                raise
-            raise RayJobError(_stop_message(error, len(results), len(items), description)) from None
-    return [results.get(key) or _given_up(key, options.retries, on_result) for key in keys]
+    try:
+        for row in dataset.iter_rows():
+            run.record({name: str(_plain(value)) for name, value in row.items()})
+    except Exception as error:
+        if not _is_ray_error(error):
+            raise
+        if "error raised in its creation task" in str(error) and not run.results:
+            raise RayJobError(_stop_message(error, 0, run.total, run.description)) from None
+        logger.debug("a Ray pass stopped: %s", _actor_error(error))
+        return error
+    return None
 
 
 def _is_ray_error(error: BaseException) -> bool:
@@ -369,13 +423,10 @@ _RAISED_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _given_up(key: str, retries: int, on_result: Callable[[dict[str, str]], None] | None) -> dict[str, str]:
-    result = {
+def _given_up(key: str, deaths: int) -> dict[str, str]:
+    return {
         "key": key,
         "status": "failed",
-        "message": f"{key}: the Ray worker holding it died {retries + 1} times (crash, out of memory or a lost "
-        "node); given up",
+        "message": f"{key}: the Ray worker processing it died {'once' if deaths == 1 else f'{deaths} times'} (a "
+        "crash, out of memory or a lost node); given up",
     }
-    if on_result is not None:
-        on_result(result)
-    return result
