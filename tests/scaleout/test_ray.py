@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from PIL import Image
 
 from seesr.cli.main import main
 from tests.conftest import TINY
+from tests.net import free_port
 
 ray = pytest.importorskip("ray", reason="Ray is part of seesr[all]; CI installs it")  # a bare install has no Ray
 
@@ -231,3 +233,15 @@ def test_ray_flags_without_ray_and_clips_with_ray_are_usage_errors(tmp_path, cap
     assert "--ray-actors needs --ray" in capsys.readouterr().err
     assert main(["upscale", "s3://bucket/scans/", "-o", str(tmp_path)]) == 2
     assert "add --ray" in capsys.readouterr().err
+
+
+def test_an_address_where_no_cluster_answers_fails_in_one_line_within_seconds(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there (Ray alone would keep trying for minutes)
+    command = [sys.executable, "-m", "seesr", "upscale", str(TINY / "pipeline_case1_lr.png"), "-o", str(tmp_path)]
+    started = time.monotonic()
+    done = subprocess.run([*command, *FAST, "--ray", address], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and time.monotonic() - started < 60
+    assert done.stderr.strip().splitlines() == [
+        f"seesr upscale: error: cannot reach Ray at {address}: Connection refused (is the cluster started, e.g. "
+        "`ray start --head`, and the address its head's?)"
+    ]

@@ -140,6 +140,7 @@ def ray_session(address: str | None, *, quiet: bool = True) -> Iterator[Any]:
         with _cluster_notices_logged(quiet):
             yield ray
         return
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     saved = {name: os.environ.get(name) for name in ("RAY_BACKEND_LOG_LEVEL",)}
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal" if quiet else "warning")
     try:
@@ -153,13 +154,39 @@ def ray_session(address: str | None, *, quiet: bool = True) -> Iterator[Any]:
     except (ConnectionError, RuntimeError, ValueError) as error:
         _restore_environment(saved)
         where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-        raise RayJobError(f"cannot start or reach Ray at {where}: {str(error).splitlines()[0]}") from None
+        reason = str(error).splitlines()[0]
+        if "Could not find any running Ray instance" in reason:
+            reason = (
+                "no Ray cluster runs on this machine (start one with `ray start --head`, or leave out the address "
+                "to start a local one)"
+            )
+        raise RayJobError(f"cannot start or reach Ray at {where}: {reason}") from None
     try:
         with _cluster_notices_logged(quiet):
             yield ray
     finally:
         ray.shutdown()
         _restore_environment(saved)
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A ``host:port`` or ``ray://host:port`` address where nothing answers is refused within ``timeout`` seconds
+    (Ray itself would keep trying to reach it for minutes)."""
+    if address in (None, "", "auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # Ray says what it makes of it
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise RayJobError(
+            f"cannot reach Ray at {address}: {error.strerror or error} (is the cluster started, e.g. `ray start "
+            "--head`, and the address its head's?)"
+        ) from None
 
 
 @contextlib.contextmanager
