@@ -308,9 +308,10 @@ class _Run:
 
     def record(self, result: dict[str, str]) -> None:
         self.results[result["key"]] = result
-        self.bar.update(1)
         if self.on_result is not None:
-            self.on_result(result)
+            with self.bar.external_write_mode():  # what on_result prints goes above the bar, not into it
+                self.on_result(result)
+        self.bar.update(1)
 
 
 def run_items(
