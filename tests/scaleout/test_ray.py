@@ -142,6 +142,7 @@ def _kill_an_actor_after_the_first_result(out: Path, killed: list[int]) -> threa
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not any(out.glob("*.png")):
             time.sleep(0.05)
+        time.sleep(0.3)  # the actor that wrote it has taken its next image by now
         pids = _actor_pids()
         if pids:
             os.kill(pids[0], signal.SIGKILL)  # what a lost node or the kernel's OOM killer does to a worker
@@ -173,10 +174,11 @@ def test_a_killed_actor_leaves_no_partial_file_and_skip_existing_completes_the_s
     if retries:
         # the actor is replaced and the item it held is retried: the whole set, first time
         assert code == 0 and len(written) == 6
-    else:  # no retries: the item it held is reported (once, by name) and the others are written
+    else:  # no retries: the image it held is reported (once, by name) and the others are written; an actor
+        # killed between two images (rare: it is idle for milliseconds) held none, and the set is complete
         failed = [line for line in first.err.splitlines() if "the Ray worker processing it died once" in line]
-        assert code == 1 and len(failed) == 1 and len(written) == 5, first.err
-        assert "5 written, 0 skipped, 1 failed" in first.out
+        assert len(failed) == 6 - len(written) <= 1 and code == (1 if failed else 0), first.err
+        assert f"{len(written)} written, 0 skipped, {len(failed)} failed" in first.out
     assert main([*argv, "--skip-existing"]) == 0
     counts = re.search(r"(\d+) written, (\d+) skipped, 0 failed", capsys.readouterr().out)
     assert counts and (int(counts[1]), int(counts[2])) == (6 - len(written), len(written))
