@@ -237,6 +237,11 @@ def test_ray_flags_without_ray_and_clips_with_ray_are_usage_errors(tmp_path, cap
     assert "--ray-actors needs --ray" in capsys.readouterr().err
     assert main(["upscale", "s3://bucket/scans/", "-o", str(tmp_path)]) == 2
     assert "add --ray" in capsys.readouterr().err
+    assert main(["upscale", str(image), "-o", str(tmp_path), "--ray", "--num-gpus", "2"]) == 2
+    assert "--num-gpus and --ray contradict each other" in capsys.readouterr().err
+    for command in (["tag", "file:///data/scans"], ["prepare", "--gt", "s3://bucket/hr", "--out", str(tmp_path)]):
+        assert main([*command, "--ray"]) == 2
+        assert "filesystem URIs are read by `seesr upscale --ray` only" in capsys.readouterr().err
 
 
 def test_an_address_where_no_cluster_answers_fails_in_one_line_within_seconds(tmp_path):

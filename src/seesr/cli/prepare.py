@@ -87,7 +87,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--tag-batch-size", type=int, default=8, help="images per tagger call (default: 8)")
     from seesr.cli.scaleout import add_ray_arguments
 
-    add_ray_arguments(parser, "pairs and their tags (--gt only)")
+    add_ray_arguments(
+        parser,
+        "pairs and their tags (--gt only)",
+        "The actors write the same files as a local run (on a multi-machine cluster --out must be a folder every "
+        "machine sees); running the same command again resumes.",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -152,9 +157,10 @@ def _ray_runner(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     _require_scipy()
-    from seesr.cli.scaleout import check_ray_arguments
+    from seesr.cli.scaleout import check_ray_arguments, refuse_remote_inputs
 
     check_ray_arguments(args)
+    refuse_remote_inputs(args.gt)
     if args.coco is not None:
         if args.ray is not None:
             raise CLIError("--ray prepares --gt folders; --coco runs locally", EXIT_USAGE)

@@ -15,14 +15,14 @@ from seesr.cli.argtypes import non_negative_float, non_negative_int, positive_in
 from seesr.cli.main import EXIT_FAILURE, EXIT_USAGE, CLIError
 
 
-def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--ray [ADDRESS]``, ``--ray-actors``, ``--ray-gpus-per-actor``, ``--ray-cpus-per-actor``, ``--ray-retries``."""
+def add_ray_arguments(parser: argparse.ArgumentParser, what: str, outputs: str) -> None:
+    """``--ray [ADDRESS]``, ``--ray-actors``, ``--ray-gpus-per-actor``, ``--ray-cpus-per-actor``, ``--ray-retries``.
+
+    ``what``: the work (e.g. "images"); ``outputs``: a sentence on what the actors write and how a run resumes."""
     group = parser.add_argument_group(
         "Ray cluster (pip install 'seesr[ray]')",
         f"Run the {what} on a pool of Ray actors, each loading the model once: one per GPU of the cluster, or one "
-        "per machine without GPUs. Results are the files a local run writes, written by the actors (on a "
-        "multi-machine cluster -o must be a folder every machine sees, e.g. a network share). A dead actor is "
-        "replaced and its item retried; --skip-existing resumes.",
+        f"per machine without GPUs. {outputs} An actor that dies is replaced and its item retried.",
     )
     group.add_argument(
         "--ray",
@@ -56,6 +56,19 @@ def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         help="retries of an item whose actor died under it (a crash, the OOM killer, a lost node; default: 3); "
         "after that it is reported as failed, while the other items go on",
     )
+
+
+def refuse_remote_inputs(paths: Sequence[str] | None) -> None:
+    """``s3://``-style inputs are listed and fetched by ``seesr upscale --ray`` only: elsewhere one clear line."""
+    from seesr.utils.ray_jobs import is_remote_uri
+
+    for path in paths or ():
+        if is_remote_uri(str(path)):
+            raise CLIError(
+                f"{path}: filesystem URIs are read by `seesr upscale --ray` only; give a local path (or a mounted "
+                "share)",
+                EXIT_USAGE,
+            )
 
 
 def check_ray_arguments(args: argparse.Namespace) -> None:

@@ -64,7 +64,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     from seesr.cli.scaleout import add_ray_arguments
 
-    add_ray_arguments(parser, "tagging")
+    add_ray_arguments(
+        parser, "tagging", "The lines (or --json) are printed here, in input order, as they would be locally."
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -132,10 +134,12 @@ def _run_on_ray(args: argparse.Namespace, files: list) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from seesr.cli.scaleout import refuse_remote_inputs
     from seesr.utils.device import DTYPES, resolve_device
     from seesr.utils.images import DEFAULT_MAX_INPUT_PIXELS, ImageReadError, iter_image_files, load_image
     from seesr.weights.tagger import TAGGER_LOAD_ERRORS, load_tagger
 
+    refuse_remote_inputs(args.images)
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as error:

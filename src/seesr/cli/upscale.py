@@ -60,7 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_video_arguments(parser)
     from seesr.cli.scaleout import add_ray_arguments
 
-    add_ray_arguments(parser, "images")
+    add_ray_arguments(
+        parser,
+        "images",
+        "Results are the files a local run writes, written by the actors (on a multi-machine cluster -o must be a "
+        "folder every machine sees, e.g. a network share); --skip-existing resumes.",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -503,6 +508,10 @@ def run(args: argparse.Namespace) -> int:
     videos = video_inputs(args)  # clips and frame sequences: seesr.cli.upscale_video, once the model is loaded
     if videos and args.ray is not None:
         raise CLIError("--ray upscales images; run clips and frame sequences without it", EXIT_USAGE)
+    if args.ray is not None and args.num_gpus > 1:
+        raise CLIError(
+            "--num-gpus and --ray contradict each other: with --ray, --ray-actors sets the workers", EXIT_USAGE
+        )
     files, remote, problems = _inputs(args) if not videos else ([], [], [])
     outdir = Path(args.outdir)
     check_output_folder(outdir)
