@@ -22,13 +22,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_a_complete_write_replaces_the_file_with_normal_permissions(tmp_path):
-    old_umask = os.umask(0o022)
-    try:
-        target = write_text_atomic("new", tmp_path / "sub" / "notes.txt")  # the folder is made
-    finally:
-        os.umask(old_umask)
+    target = write_text_atomic("new", tmp_path / "sub" / "notes.txt")  # the folder is made
+    (tmp_path / "plain.txt").write_text("x")  # what an ordinary open() makes under this process's umask
     assert target.read_text(encoding="utf-8") == "new"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)  # not 0600
     assert sorted(path.name for path in target.parent.iterdir()) == ["notes.txt"]
 
 

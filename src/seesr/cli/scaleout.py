@@ -128,7 +128,5 @@ def with_absolute_paths(args: argparse.Namespace, *names: str) -> argparse.Names
     for name in names:
         value = getattr(args, name, None)
         if value is not None and not is_remote_uri(str(value)) and Path(value).exists():
-            values[name] = (
-                type(value)(Path(value).resolve()) if isinstance(value, Path) else str(Path(value).resolve())
-            )
+            values[name] = Path(value).resolve() if isinstance(value, Path) else str(Path(value).resolve())
     return argparse.Namespace(**{**vars(args), **values})

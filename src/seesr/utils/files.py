@@ -1,5 +1,6 @@
-"""Files written atomically, and file checksums. Written atomically: a temporary file beside the destination, renamed over it once complete, so that a
-reader (or a rerun after a crash, Ctrl-C or a killed worker) sees the old file or the new one, never a part."""
+"""Files written atomically, and file checksums. Atomically: a temporary file beside the destination, renamed over
+it once complete, so that a reader (or a rerun after a crash, Ctrl-C or a killed worker) sees the old file or the
+new one, never a part."""
 
 from __future__ import annotations
 
@@ -11,21 +12,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    """The umask, read once at import (reading it means setting it: not something to do while threads write)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(destination: str | os.PathLike, suffix: str = ".part") -> Iterator[str]:
+def atomic_path(destination: str | os.PathLike, suffix: str = ".part", normal_mode: bool = True) -> Iterator[str]:
     """Yield a temporary path in ``destination``'s folder (created if missing) to write to; when the block ends
-    without an error the file gets the permissions of a normal new file (not mkstemp's 0600) and replaces
-    ``destination``; otherwise it is removed. ``suffix``: what writers that guess the format from the name need
-    (e.g. ``.mp4``)."""
+    without an error it replaces ``destination``; otherwise it is removed. ``suffix``: what writers that guess the
+    format from the name need (e.g. ``.mp4``). ``normal_mode``: give the file the permissions of a normal new file
+    (not mkstemp's 0600); off when the path was replaced by a hard link to a file whose mode must stay."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent)
     os.close(handle)
     try:
         yield temporary
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        if normal_mode:
+            os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, destination)
     finally:
         if os.path.exists(temporary):

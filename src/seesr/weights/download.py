@@ -295,7 +295,7 @@ def _place(source: Path, destination: Path) -> None:
     source = source.resolve()
     if destination.exists() and destination.stat().st_size == source.stat().st_size:
         return
-    with atomic_path(destination) as temporary:
+    with atomic_path(destination, normal_mode=False) as temporary:  # a link keeps the cached file's mode
         os.unlink(temporary)  # a fresh name for the link
         try:
             os.link(source, temporary)
